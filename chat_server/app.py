@@ -1,0 +1,188 @@
+"""Composition root: the one place where objects are built and wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import socketio
+from aiohttp import web
+from aiohttp_apigami import setup_aiohttp_apispec, validation_middleware
+from redis.asyncio import Redis
+
+from .auth import TokenVerifier
+from .config import Settings
+from .metrics import Metrics
+from .realtime.broadcaster import Broadcaster
+from .realtime.connections import ConnectionRegistry
+from .realtime.room_stats import Gate, MemoryGate, RedisGate, RoomStatsCoalescer
+from .realtime.sessions import ChatSessions
+from .realtime.socketio_handlers import SocketIOHandlers
+from .rest.health import HealthApi
+from .rest.middleware import VERIFIER_KEY, auth_middleware, error_middleware, validation_error_callback
+from .rest.rooms import RoomsApi
+from .services.messages import MessageLimits, MessageService
+from .services.presence import MemoryPresenceStore, PresenceStore
+from .services.rooms import RoomPolicy, RoomService
+from .storage.db import Database
+from .storage.messages import MessageStore
+from .storage.presence_redis import RedisPresenceStore
+from .storage.rooms import RoomStore
+
+log = logging.getLogger(__name__)
+
+MAX_HTTP_BODY = 256 * 1024
+
+
+@dataclass
+class Components:
+    """Everything ``create_app`` built, for the CLI, tests and benchmarks."""
+
+    settings: Settings
+    db: Database
+    redis: Redis | None
+    sio: socketio.AsyncServer
+    rooms: RoomService
+    messages: MessageService
+    presence: PresenceStore
+    sessions: ChatSessions
+    broadcaster: Broadcaster
+    metrics: Metrics
+    node_id: str
+
+
+COMPONENTS_KEY = web.AppKey("components", Components)
+
+
+def _client_manager(settings: Settings) -> socketio.AsyncManager:
+    if settings.redis_url:
+        return socketio.AsyncRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}:socketio")
+    return socketio.AsyncManager()
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
+    """Build the aiohttp application for ``settings``; ``settings.database_url`` must be set
+    (the CLI starts the embedded PostgreSQL first when it is not)."""
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url (start the embedded database first)")
+
+    node_id = uuid.uuid4().hex[:12]
+    metrics = Metrics()
+    db = Database(settings.database_url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
+    redis: Redis | None = None
+    presence: PresenceStore
+    gate: Gate
+    if settings.redis_url:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10)
+        presence = RedisPresenceStore(redis, prefix=settings.redis_prefix, ttl_s=settings.presence_ttl_s, clock=clock)
+        gate = RedisGate(redis, settings.redis_prefix)
+    else:
+        presence = MemoryPresenceStore(settings.presence_ttl_s, clock)
+        gate = MemoryGate()
+
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=_client_manager(settings),
+        cors_allowed_origins=list(settings.cors_allowed_origins) if isinstance(settings.cors_allowed_origins, tuple) else "*",
+        # Handle one client's events in order (a client's messages keep their order);
+        # different clients still run concurrently.
+        async_handlers=False,
+        max_http_buffer_size=MAX_HTTP_BODY,
+        ping_interval=25,
+        ping_timeout=20,
+        logger=False,
+        engineio_logger=False,
+    )
+
+    room_store = RoomStore(db)
+    rooms = RoomService(room_store, presence, RoomPolicy(default_room=settings.default_room, auto_create_rooms=settings.auto_create_rooms))
+
+    async def stats_of(room_id: str) -> dict[str, Any]:
+        return {"online_users": await presence.count(room_id), "message_count": await room_store.message_count(room_id)}
+
+    stats = RoomStatsCoalescer(gate, stats_of, interval_s=settings.room_stats_interval_s)
+    broadcaster = Broadcaster(sio, stats)
+    messages = MessageService(
+        MessageStore(db), rooms, broadcaster,
+        MessageLimits(max_length=settings.max_message_length, history_limit=settings.message_history_limit),
+    )
+    registry = ConnectionRegistry(node_id)
+    sessions = ChatSessions(rooms=rooms, messages=messages, presence=presence, broadcaster=broadcaster, registry=registry)
+    verifier = TokenVerifier(settings)
+    SocketIOHandlers(
+        sio, sessions, verifier,
+        auto_join_room=settings.default_room if settings.auto_join_default_room else None,
+        on_result=metrics.count_event,
+    ).register()
+
+    app = web.Application(client_max_size=MAX_HTTP_BODY, middlewares=[error_middleware, auth_middleware, validation_middleware])
+    app[VERIFIER_KEY] = verifier
+    components = Components(settings, db, redis, sio, rooms, messages, presence, sessions, broadcaster, metrics, node_id)
+    app[COMPONENTS_KEY] = components
+
+    sio.attach(app, socketio_path="socket.io")
+    RoomsApi(rooms, messages, presence).add_routes(app)
+
+    async def redis_ok() -> bool:
+        assert redis is not None
+        return bool(await redis.ping())
+
+    HealthApi({"postgres": db.ping, "redis": redis_ok if redis is not None else None}, metrics.registry if settings.metrics_enabled else None).add_routes(app)
+
+    setup_aiohttp_apispec(
+        app,
+        title="Chat service API",
+        version="1",
+        url="/api/chats/openapi.json",
+        swagger_path="/api/chats/docs",
+        static_path="/api/chats/static",
+        error_callback=validation_error_callback,
+        openapi_version="3.0.2",
+        components={"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+    )
+
+    background: list[asyncio.Task[Any]] = []
+
+    async def heartbeat() -> None:
+        # Keep this node's presence entries alive; a dead node's entries expire.
+        while True:
+            await asyncio.sleep(settings.presence_ttl_s / 3)
+            try:
+                await presence.refresh(registry.presence_entries())
+            except Exception:
+                log.exception("presence heartbeat failed")
+
+    async def on_startup(app: web.Application) -> None:
+        try:
+            await db.connect()
+        except Exception:
+            log.warning("PostgreSQL is not reachable yet; retrying in the background (not ready until it is)")
+            background.append(asyncio.create_task(db.connect_with_retry()))
+        background.append(asyncio.create_task(stats.run(broadcaster.room_stats)))
+        background.append(asyncio.create_task(heartbeat()))
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Tell clients to go (they reconnect elsewhere and catch up by since_seq).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sio.shutdown(), settings.shutdown_timeout_s)
+
+    async def on_cleanup(app: web.Application) -> None:
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(BaseException):
+                await task
+        await db.close()
+        if redis is not None:
+            await redis.aclose()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app

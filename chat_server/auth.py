@@ -1,0 +1,106 @@
+"""JWT verification (PROTOCOL.md §1), shared by Socket.IO connect, /ws and REST.
+
+PyJWT does the cryptography and claim checks; this module only pins the accepted
+algorithm (so ``alg: none`` and HS256-with-a-public-key are refused), requires ``exp``
+and ``sub``, and turns every failure into one generic ``Unauthorized`` so a caller
+cannot learn which check failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+
+from .config import Settings
+from .domain import ROLE_USER, ROLES, Principal
+from .errors import Unauthorized
+
+log = logging.getLogger(__name__)
+
+MAX_TOKEN_LENGTH = 8192
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        self._algorithm = settings.jwt_algorithm
+        self._key: Any = settings.jwt_secret if self._algorithm == "HS256" else settings.jwt_public_key
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+
+    def verify(self, token: str | None) -> Principal:
+        if not token or not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthorized()
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._algorithm],
+                issuer=self._issuer,
+                audience=self._audience,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": self._audience is not None,
+                    "verify_iss": self._issuer is not None,
+                },
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            # The reason is logged for operators, never the token and never to the client.
+            log.info("token refused: %s", type(exc).__name__)
+            raise Unauthorized() from None
+        return principal_from_claims(claims)
+
+
+def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub.strip() or len(sub) > 128:
+        raise Unauthorized()
+    name = claims.get("name") or claims.get("username") or sub
+    role = claims.get("role") if claims.get("role") in ROLES else ROLE_USER
+    avatar = claims.get("avatar") if isinstance(claims.get("avatar"), str) else None
+    return Principal(user_id=sub, username=str(name)[:64], avatar=avatar, role=role, claims=dict(claims))
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if any."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+class TokenIssuer:
+    """Mints HS256 development tokens (CLI ``token`` and the development sign-in)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.jwt_algorithm != "HS256":
+            raise RuntimeError("tokens can only be minted with JWT_ALGORITHM=HS256 and a JWT_SECRET")
+        self._secret = settings.jwt_secret
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+
+    def issue(
+        self,
+        sub: str,
+        *,
+        name: str | None = None,
+        role: str = ROLE_USER,
+        avatar: str | None = None,
+        ttl_seconds: int = 24 * 3600,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": sub, "name": name or sub, "role": role, "iat": now, "exp": now + ttl_seconds}
+        if avatar:
+            claims["avatar"] = avatar
+        if self._issuer:
+            claims["iss"] = self._issuer
+        if self._audience:
+            claims["aud"] = self._audience
+        claims.update(extra or {})
+        return jwt.encode(claims, self._secret, algorithm="HS256")

@@ -1,0 +1,243 @@
+"""Settings: read once from the environment (and `.env`), validated, then frozen.
+
+Nothing else in the package reads ``os.environ``; the composition root receives a
+``Settings`` and passes the pieces each object needs.  Both source designs' variable
+names are accepted (``RATE_LIMIT_WINDOW_MS`` / ``RATE_LIMIT_WINDOW`` and so on); a value
+that does not parse stops start-up with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    for name in names:
+        value = env.get(name)
+        if value is not None and value.strip() != "":
+            return name, value.strip()
+    return None
+
+
+def _parse(env: Mapping[str, str], names: tuple[str, ...], default: T, convert: Callable[[str], T], what: str) -> T:
+    found = _first(env, *names)
+    if found is None:
+        return default
+    name, raw = found
+    try:
+        return convert(raw)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{name}={raw!r} is not valid: expected {what}") from None
+
+
+def _to_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(raw)
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        if raw.lower() not in choices:
+            raise ValueError(raw)
+        return raw.lower()
+
+    return convert
+
+
+def _origins(raw: str) -> tuple[str, ...] | str:
+    if raw.strip() == "*":
+        return "*"
+    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
+def default_data_dir() -> Path:
+    """The user's data dir when it can be created, else ``./var``."""
+    try:
+        import platformdirs
+
+        path = Path(platformdirs.user_data_dir("chat-server", appauthor=False))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except Exception:  # pragma: no cover - read-only home directories
+        return Path("var").resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 8000
+    environment: str = "development"
+    jwt_secret: str = ""
+    jwt_secret_generated: bool = False
+    jwt_algorithm: str = "HS256"
+    jwt_public_key: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    database_url: str | None = None
+    database_embedded: bool = False  # set by the CLI when it started the embedded server
+    data_dir: Path = field(default_factory=lambda: Path("var"))
+    redis_url: str | None = None
+    redis_prefix: str = "chat"
+    rate_limit_window_ms: int = 60_000
+    rate_limit_max_messages: int = 30
+    enable_moderation: bool = True
+    enable_profanity_filter: bool = True
+    enable_spam_detection: bool = True
+    max_message_length: int = 1000
+    message_history_limit: int = 100
+    cors_allowed_origins: tuple[str, ...] | str = "*"
+    log_level: str = "INFO"
+    log_format: str = "console"
+    default_room: str = "lobby"
+    auto_join_default_room: bool = False
+    auto_create_rooms: bool = True
+    metrics_enabled: bool = True
+    db_pool_size: int = 20
+    db_timeout_s: float = 5.0
+    room_stats_interval_s: float = 1.0
+    presence_ttl_s: float = 30.0
+    typing_ttl_s: float = 5.0
+    shutdown_timeout_s: float = 10.0
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def mode(self) -> str:
+        storage = "embedded PostgreSQL" if self.database_embedded or self.database_url is None else "external PostgreSQL"
+        fanout = "Redis (multi-node)" if self.redis_url else "in-process (single node)"
+        return f"{storage}, {fanout}"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, dotenv_path: str | None = ".env") -> Settings:
+        """Build settings from ``env`` (default: ``os.environ`` over ``.env``)."""
+        if env is None:
+            merged: dict[str, str] = {}
+            if dotenv_path and Path(dotenv_path).is_file():
+                from dotenv import dotenv_values
+
+                merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+            merged.update(os.environ)
+            env = merged
+
+        environment = _parse(env, ("APP_ENV", "NODE_ENV"), "development", _choice("development", "production", "test"), "development, production or test")
+
+        algorithm = _parse(env, ("JWT_ALGORITHM",), "HS256", _choice("hs256", "rs256", "es256"), "HS256, RS256 or ES256").upper()
+        public_key = _first(env, "JWT_PUBLIC_KEY")
+        public_key_file = _first(env, "JWT_PUBLIC_KEY_FILE")
+        public_key_text: str | None = public_key[1].replace("\\n", "\n") if public_key else None
+        if public_key_file:
+            try:
+                public_key_text = Path(public_key_file[1]).read_text()
+            except OSError as exc:
+                raise ConfigError(f"JWT_PUBLIC_KEY_FILE={public_key_file[1]!r} cannot be read: {exc}") from None
+        if algorithm != "HS256" and not public_key_text:
+            raise ConfigError(f"JWT_ALGORITHM={algorithm} needs JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE")
+
+        secret_found = _first(env, "JWT_SECRET")
+        generated = False
+        if secret_found:
+            secret = secret_found[1]
+            if environment == "production" and len(secret) < 32 and algorithm == "HS256":
+                raise ConfigError("JWT_SECRET is too short for production: use at least 32 characters")
+        elif algorithm == "HS256":
+            if environment == "production":
+                raise ConfigError("JWT_SECRET is required in production (NODE_ENV/APP_ENV=production)")
+            secret = secrets.token_urlsafe(48)
+            generated = True
+        else:
+            secret = ""
+
+        redis_url: str | None = None
+        found_url = _first(env, "REDIS_URL")
+        if found_url:
+            if not found_url[1].startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError(f"REDIS_URL={found_url[1]!r} is not valid: expected redis://host:port/db")
+            redis_url = found_url[1]
+        elif _first(env, "REDIS_HOST"):
+            host = _first(env, "REDIS_HOST")[1]  # type: ignore[index]
+            redis_port = _parse(env, ("REDIS_PORT",), 6379, _port, "a port number")
+            password = _first(env, "REDIS_PASSWORD")
+            auth = f":{password[1]}@" if password else ""
+            redis_url = f"redis://{auth}{host}:{redis_port}/0"
+
+        database_url = None
+        found_db = _first(env, "DATABASE_URL")
+        if found_db:
+            if not found_db[1].startswith(("postgresql://", "postgres://")):
+                raise ConfigError(f"DATABASE_URL={found_db[1]!r} is not valid: expected postgresql://user:password@host:port/db")
+            database_url = found_db[1]
+
+        data_dir = _first(env, "DATA_DIR")
+
+        return cls(
+            host=_parse(env, ("HOST",), "0.0.0.0", str, "a host name or address"),
+            port=_parse(env, ("PORT",), 8000, _port, "a port number (0-65535)"),
+            environment=environment,
+            jwt_secret=secret,
+            jwt_secret_generated=generated,
+            jwt_algorithm=algorithm,
+            jwt_public_key=public_key_text,
+            jwt_issuer=_first(env, "JWT_ISSUER")[1] if _first(env, "JWT_ISSUER") else None,  # type: ignore[index]
+            jwt_audience=_first(env, "JWT_AUDIENCE")[1] if _first(env, "JWT_AUDIENCE") else None,  # type: ignore[index]
+            database_url=database_url,
+            data_dir=Path(data_dir[1]).expanduser() if data_dir else default_data_dir(),
+            redis_url=redis_url,
+            redis_prefix=_parse(env, ("REDIS_PREFIX",), "chat", str, "a key prefix"),
+            rate_limit_window_ms=_parse(env, ("RATE_LIMIT_WINDOW_MS", "RATE_LIMIT_WINDOW"), 60_000, _positive_int, "a positive number of milliseconds"),
+            rate_limit_max_messages=_parse(env, ("RATE_LIMIT_MAX_MESSAGES", "RATE_LIMIT_MESSAGES"), 30, _positive_int, "a positive integer"),
+            enable_moderation=_parse(env, ("ENABLE_MODERATION",), True, _to_bool, "true or false"),
+            enable_profanity_filter=_parse(env, ("ENABLE_PROFANITY_FILTER",), True, _to_bool, "true or false"),
+            enable_spam_detection=_parse(env, ("ENABLE_SPAM_DETECTION",), True, _to_bool, "true or false"),
+            max_message_length=_parse(env, ("MAX_MESSAGE_LENGTH",), 1000, _positive_int, "a positive integer"),
+            message_history_limit=_parse(env, ("MESSAGE_HISTORY_LIMIT",), 100, _positive_int, "a positive integer"),
+            cors_allowed_origins=_parse(env, ("CORS_ALLOWED_ORIGINS", "CORS_ORIGIN"), "*", _origins, "'*' or a comma-separated list of origins"),
+            log_level=_parse(env, ("LOG_LEVEL",), "INFO", _choice("debug", "info", "warning", "error", "critical"), "debug, info, warning, error or critical").upper(),
+            log_format=_parse(env, ("LOG_FORMAT",), "json" if environment == "production" else "console", _choice("json", "console"), "json or console"),
+            default_room=_parse(env, ("DEFAULT_ROOM",), "lobby", str, "a room id"),
+            auto_join_default_room=_parse(env, ("AUTO_JOIN_DEFAULT_ROOM",), False, _to_bool, "true or false"),
+            auto_create_rooms=_parse(env, ("AUTO_CREATE_ROOMS",), True, _to_bool, "true or false"),
+            metrics_enabled=_parse(env, ("METRICS_ENABLED",), True, _to_bool, "true or false"),
+            db_pool_size=_parse(env, ("DB_POOL_SIZE",), 20, _positive_int, "a positive integer"),
+            db_timeout_s=_parse(env, ("DB_TIMEOUT_MS",), 5000, _positive_int, "a positive number of milliseconds") / 1000,
+            room_stats_interval_s=_parse(env, ("ROOM_STATS_INTERVAL_MS",), 1000, _positive_int, "a positive number of milliseconds") / 1000,
+            presence_ttl_s=_parse(env, ("PRESENCE_TTL_MS",), 30_000, _positive_int, "a positive number of milliseconds") / 1000,
+            typing_ttl_s=_parse(env, ("TYPING_TTL_MS",), 5000, _positive_int, "a positive number of milliseconds") / 1000,
+            shutdown_timeout_s=_parse(env, ("SHUTDOWN_TIMEOUT_MS",), 10_000, _positive_int, "a positive number of milliseconds") / 1000,
+        )

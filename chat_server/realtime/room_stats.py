@@ -1,0 +1,83 @@
+"""Coalesced ``room_stats``: at most about one per interval per room, across all nodes.
+
+Activity marks a room dirty; a ticker on every node tries to take the room's gate (a
+Redis ``SET NX PX`` when Redis is configured, a local timestamp otherwise).  Whoever
+takes it computes fresh stats and publishes them; the others keep the room dirty and try
+again, so the last change is always announced (trailing edge) and a busy room yields
+one event per interval however many messages or nodes it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Gate(Protocol):
+    async def try_acquire(self, key: str, interval_ms: int) -> bool: ...
+
+
+class MemoryGate:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._until: dict[str, float] = {}
+        self._clock = clock
+
+    async def try_acquire(self, key: str, interval_ms: int) -> bool:
+        now = self._clock()
+        if self._until.get(key, 0.0) > now:
+            return False
+        self._until[key] = now + interval_ms / 1000
+        if len(self._until) > 10_000:  # forget rooms that went quiet
+            self._until = {k: v for k, v in self._until.items() if v > now}
+        return True
+
+
+class RedisGate:
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    async def try_acquire(self, key: str, interval_ms: int) -> bool:
+        return bool(await self._redis.set(f"{self._prefix}:gate:{key}", "1", nx=True, px=interval_ms))
+
+
+StatsSource = Callable[[str], Awaitable[dict[str, Any]]]
+StatsSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class RoomStatsCoalescer:
+    def __init__(self, gate: Gate, source: StatsSource, *, interval_s: float = 1.0) -> None:
+        self._gate = gate
+        self._source = source
+        self._interval = interval_s
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def touch(self, room_id: str) -> None:
+        self._dirty.add(room_id)
+        self._wake.set()
+
+    async def flush(self, sink: StatsSink) -> None:
+        interval_ms = max(1, int(self._interval * 1000))
+        for room_id in list(self._dirty):
+            try:
+                if not await self._gate.try_acquire(f"stats:{room_id}", interval_ms):
+                    continue
+                self._dirty.discard(room_id)
+                await sink(room_id, await self._source(room_id))
+            except Exception:
+                log.exception("room_stats for %s failed; will retry", room_id)
+
+    async def run(self, sink: StatsSink) -> None:
+        tick = self._interval / 4
+        while True:
+            await self._wake.wait()
+            await self.flush(sink)
+            if not self._dirty:
+                self._wake.clear()
+            await asyncio.sleep(tick)

@@ -1,0 +1,164 @@
+"""Socket.IO edge: authenticate the connection, validate payloads, call the session
+layer once, answer the ack.  No business rules live here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import socketio
+
+from ..auth import TokenVerifier, bearer_token
+from ..errors import ChatError, Unauthorized, ValidationFailed
+from ..schemas import JoinRoomIn, LeaveRoomIn, SendMessageIn, TypingIn, load
+from .acks import acknowledge
+from .broadcaster import room_channel, user_channel
+from .connections import ConnState
+from .sessions import ChatSessions
+
+log = logging.getLogger(__name__)
+
+
+class SocketIOTransport:
+    """Rooms of a Socket.IO connection are Socket.IO rooms (carried across nodes by the
+    client manager)."""
+
+    def __init__(self, sio: socketio.AsyncServer) -> None:
+        self._sio = sio
+
+    async def enter(self, conn: ConnState, room_id: str) -> None:
+        await self._sio.enter_room(conn.sid, room_channel(room_id))
+
+    async def leave(self, conn: ConnState, room_id: str) -> None:
+        await self._sio.leave_room(conn.sid, room_channel(room_id))
+
+
+def _query(environ: dict[str, Any]) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items() if v}
+
+
+def token_from(environ: dict[str, Any], auth: Any) -> str | None:
+    """PROTOCOL.md §2 order: ``auth.token``, then ``?token=``, then ``Authorization: Bearer``."""
+    if isinstance(auth, dict) and isinstance(auth.get("token"), str) and auth["token"]:
+        return str(auth["token"])
+    query = _query(environ)
+    if query.get("token"):
+        return query["token"]
+    return bearer_token(environ.get("HTTP_AUTHORIZATION"))
+
+
+def _address(environ: dict[str, Any]) -> str | None:
+    request = environ.get("aiohttp.request")
+    return getattr(request, "remote", None) if request is not None else environ.get("REMOTE_ADDR")
+
+
+class SocketIOHandlers:
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        sessions: ChatSessions,
+        verifier: TokenVerifier,
+        *,
+        auto_join_room: str | None,
+        on_result: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._sio = sio
+        self._sessions = sessions
+        self._verifier = verifier
+        self._auto_join_room = auto_join_room
+        self._transport = SocketIOTransport(sio)
+        self._on_result = on_result
+
+    def register(self) -> None:
+        sio = self._sio
+        sio.on("connect", self.connect)
+        sio.on("disconnect", self.disconnect)
+        sio.on("join_room", self.join_room)
+        sio.on("leave_room", self.leave_room)
+        sio.on("send_message", self.send_message)
+        sio.on("typing", self.typing)
+        sio.on("*", self.unknown_event)
+
+    def _conn(self, sid: str) -> ConnState:
+        conn = self._sessions.registry.get(sid)
+        if conn is None:  # a handler raced the disconnect
+            raise Unauthorized()
+        return conn
+
+    async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        try:
+            user = self._verifier.verify(token_from(environ, auth))
+        except ChatError:
+            raise socketio.exceptions.ConnectionRefusedError("unauthorized") from None
+        registry = self._sessions.registry
+        conn = ConnState(conn_id=registry.conn_id(sid), sid=sid, user=user, transport=self._transport, address=_address(environ))
+        await self._sio.enter_room(sid, user_channel(user.user_id))
+        await self._sessions.connected(conn)
+        query = _query(environ)
+        wanted = None
+        if isinstance(auth, dict):
+            wanted = auth.get("room_id") or auth.get("roomId")
+        wanted = wanted or query.get("room_id") or query.get("roomId") or self._auto_join_room
+        if wanted:
+            # Joined right away so live events flow; the client still calls join_room
+            # (idempotent) when it wants the history in an ack.
+            try:
+                await self._sessions.join(conn, str(wanted))
+            except ChatError as exc:
+                log.info("auto-join of %s to %r refused: %s", user.user_id, wanted, exc.code)
+
+    async def disconnect(self, sid: str, reason: Any = None) -> None:
+        conn = self._sessions.registry.get(sid)
+        if conn is not None:
+            await self._sessions.disconnected(conn)
+
+    def _context(self, sid: str, event: str) -> dict[str, Any]:
+        conn = self._sessions.registry.get(sid)
+        return {"sid": sid, "event": event, "user_id": conn.user.user_id if conn else None}
+
+    async def join_room(self, sid: str, data: Any = None) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            payload = load(JoinRoomIn(), data)
+            conn = self._conn(sid)
+            token_user = self._verifier.verify(payload["user_token"]) if payload["user_token"] else None
+            return await self._sessions.join(conn, payload["room_id"], since_seq=payload["since_seq"], token_user=token_user)
+
+        return await acknowledge("join_room", self._context(sid, "join_room"), run, self._on_result)
+
+    async def leave_room(self, sid: str, data: Any = None) -> dict[str, Any]:
+        async def run() -> None:
+            payload = load(LeaveRoomIn(), data)
+            await self._sessions.leave(self._conn(sid), payload["room_id"])
+
+        return await acknowledge("leave_room", self._context(sid, "leave_room"), run, self._on_result)
+
+    async def send_message(self, sid: str, data: Any = None) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            payload = load(SendMessageIn(), data)
+            message = await self._sessions.send(
+                self._conn(sid),
+                payload["room_id"],
+                content=payload["content"],
+                type=payload["type"],
+                client_msg_id=payload["client_msg_id"],
+                reply_to=payload["reply_to"],
+            )
+            return {"message": message.to_dict()}
+
+        return await acknowledge("send_message", self._context(sid, "send_message"), run, self._on_result)
+
+    async def typing(self, sid: str, data: Any = None) -> dict[str, Any]:
+        async def run() -> None:
+            payload = load(TypingIn(), data)
+            await self._sessions.typing(self._conn(sid), payload["room_id"], payload["is_typing"])
+
+        return await acknowledge("typing", self._context(sid, "typing"), run, self._on_result)
+
+    async def unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        async def run() -> None:
+            raise ValidationFailed(f"Unknown event {event!r}", details={"event": [f"Unknown event {event!r}."]})
+
+        return await acknowledge(event, self._context(sid, event), run, self._on_result)
+

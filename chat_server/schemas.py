@@ -1,0 +1,225 @@
+"""marshmallow schemas: what clients send (In), what the server answers and emits (Out).
+
+The In schemas validate Socket.IO payloads and REST bodies/queries; the Out schemas
+document REST responses in OpenAPI and let the tests check every emitted event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from .errors import ValidationFailed
+
+ROOM_ID = validate.Regexp(r"^[A-Za-z0-9_\-.:@]{1,128}$", error="Room ids are 1-128 letters, digits or _ - . : @")
+
+
+class InSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # clients of both source designs send extra fields; ignore them
+
+
+# --- Socket.IO payloads -------------------------------------------------------------
+
+class JoinRoomIn(InSchema):
+    room_id = fields.String(required=True, validate=ROOM_ID)
+    user_token = fields.String(load_default=None, allow_none=True)
+    since_seq = fields.Integer(load_default=None, allow_none=True, strict=True, validate=validate.Range(min=0))
+
+
+class LeaveRoomIn(InSchema):
+    room_id = fields.String(required=True, validate=ROOM_ID)
+
+
+class SendMessageIn(InSchema):
+    room_id = fields.String(required=True, validate=ROOM_ID)
+    # Length is checked by the service (message_rejected/too_long); this bound only
+    # stops absurd payloads before any work is done.
+    content = fields.String(required=True, validate=validate.Length(max=100_000))
+    type = fields.String(load_default="text", validate=validate.OneOf(["text", "encrypted"]))
+    client_msg_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
+    reply_to = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
+
+
+class TypingIn(InSchema):
+    room_id = fields.String(required=True, validate=ROOM_ID)
+    is_typing = fields.Boolean(required=True)
+
+
+def load(schema: Schema, payload: Any) -> dict[str, Any]:
+    """Validate ``payload``; raise ``ValidationFailed`` with per-field details."""
+    if not isinstance(payload, dict):
+        raise ValidationFailed("The payload must be a JSON object", details={"_schema": ["Expected an object."]})
+    try:
+        return dict(schema.load(payload))
+    except ValidationError as exc:
+        raise ValidationFailed("The payload is not valid", details=exc.messages) from None
+
+
+# --- Out: shared shapes ----------------------------------------------------------------
+
+class OutSchema(Schema):
+    pass
+
+
+class UserOut(OutSchema):
+    user_id = fields.String(required=True)
+    username = fields.String(required=True)
+    avatar = fields.String(allow_none=True, required=True)
+
+
+class MessageOut(OutSchema):
+    message_id = fields.String(required=True)
+    room_id = fields.String(required=True)
+    seq = fields.Integer(required=True, strict=True)
+    user = fields.Nested(UserOut, required=True)
+    content = fields.String(required=True)
+    content_html = fields.String(allow_none=True, required=True)
+    type = fields.String(required=True, validate=validate.OneOf(["text", "encrypted", "system"]))
+    timestamp = fields.String(required=True)
+    edited_at = fields.String(allow_none=True, required=True)
+    reactions = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    mentions = fields.List(fields.String(), required=True)
+    reply_to = fields.String(allow_none=True, required=True)
+    client_msg_id = fields.String(allow_none=True, required=True)
+
+
+class RoomOut(OutSchema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(["public", "private", "dm"]))
+    settings = fields.Dict(required=True)
+    created_by = fields.String(allow_none=True, required=True)
+    created_at = fields.String(required=True)
+    message_count = fields.Integer(required=True)
+    last_seq = fields.Integer(required=True)
+
+
+class RoomWithStatsOut(RoomOut):
+    online_users = fields.Integer(required=True)
+
+
+class ErrorBodyOut(OutSchema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    retry_after_ms = fields.Integer()
+    details = fields.Raw()
+
+
+class ErrorOut(OutSchema):
+    error = fields.Nested(ErrorBodyOut, required=True)
+
+
+# --- Out: server events (PROTOCOL.md §2) ----------------------------------------------
+
+class UserJoinedOut(OutSchema):
+    room_id = fields.String(required=True)
+    user_id = fields.String(required=True)
+    username = fields.String(required=True)
+    avatar = fields.String(allow_none=True, required=True)
+
+
+class UserLeftOut(OutSchema):
+    room_id = fields.String(required=True)
+    user_id = fields.String(required=True)
+    username = fields.String(required=True)
+
+
+class UserTypingOut(OutSchema):
+    room_id = fields.String(required=True)
+    user_id = fields.String(required=True)
+    username = fields.String(required=True)
+    is_typing = fields.Boolean(required=True)
+
+
+class RoomStatsOut(OutSchema):
+    room_id = fields.String(required=True)
+    online_users = fields.Integer(required=True, strict=True)
+    message_count = fields.Integer(required=True, strict=True)
+
+
+class PresenceOut(OutSchema):
+    user_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["online", "offline"]))
+
+
+class JoinRoomAckOut(OutSchema):
+    ok = fields.Boolean(required=True)
+    room = fields.Nested(RoomOut, required=True)
+    history = fields.List(fields.Nested(MessageOut), required=True)
+    has_more = fields.Boolean(required=True)
+    online_users = fields.List(fields.Nested(UserOut), required=True)
+
+
+class SendMessageAckOut(OutSchema):
+    ok = fields.Boolean(required=True)
+    message = fields.Nested(MessageOut, required=True)
+
+
+class ErrorAckOut(OutSchema):
+    ok = fields.Boolean(required=True, validate=validate.Equal(False))
+    error = fields.Nested(ErrorBodyOut, required=True)
+
+
+# Event name -> schema that its payload must satisfy; the tests check every event seen.
+SERVER_EVENTS: dict[str, type[Schema]] = {
+    "new_message": MessageOut,
+    "message_updated": MessageOut,
+    "mentioned": MessageOut,
+    "user_joined": UserJoinedOut,
+    "user_left": UserLeftOut,
+    "user_typing": UserTypingOut,
+    "room_stats": RoomStatsOut,
+    "presence": PresenceOut,
+}
+
+
+# --- REST -------------------------------------------------------------------------------
+
+class RoomCreateIn(InSchema):
+    id = fields.String(load_default=None, validate=ROOM_ID)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    type = fields.String(load_default="public", validate=validate.OneOf(["public", "private", "dm"]))
+    settings = fields.Dict(load_default=dict)
+    members = fields.List(fields.String(validate=validate.Length(min=1, max=128)), load_default=list, validate=validate.Length(max=1000))
+
+
+class RoomPatchIn(InSchema):
+    name = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
+    settings = fields.Dict(load_default=None)
+
+
+class HistoryQueryIn(InSchema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=100_000))
+    limit = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    before_seq = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    after_seq = fields.Integer(load_default=None, validate=validate.Range(min=0))
+
+
+class HistoryOut(OutSchema):
+    messages = fields.List(fields.Nested(MessageOut), required=True)
+    page = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+    has_more = fields.Boolean(required=True)
+
+
+class MemberOut(OutSchema):
+    user_id = fields.String(required=True)
+    username = fields.String(required=True)
+    avatar = fields.String(allow_none=True, required=True)
+    role = fields.String(required=True)
+    online = fields.Boolean(required=True)
+
+
+class MembersOut(OutSchema):
+    members = fields.List(fields.Nested(MemberOut), required=True)
+
+
+class HealthOut(OutSchema):
+    status = fields.String(required=True)
+
+
+class ReadyOut(OutSchema):
+    status = fields.String(required=True)
+    checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True)

@@ -1,0 +1,76 @@
+"""The content pipeline: pure functions from what a user typed to what is stored.
+
+``content`` is plain text that is safe to show as text (markup removed, entities
+decoded, invisible characters dropped, Unicode normalised); ``content_html`` is the same
+text HTML-escaped with links made into ``rel="nofollow noopener"`` anchors, safe for
+``innerHTML``.  bleach does the HTML work; nothing here parses HTML by hand.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+
+import bleach
+from bleach.linkifier import Linker
+
+# C0/C1 controls except tab and newline, plus zero-width and bidi-override characters
+# that can hide text from readers and filters.
+_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u00ad]")
+_SPACES = re.compile(r"[ \t]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def _set_rel(attrs: dict, new: bool = False) -> dict:  # type: ignore[type-arg]
+    href_key = (None, "href")
+    href = attrs.get(href_key, "")
+    if not href.lower().startswith(("http://", "https://", "mailto:")):
+        return None  # type: ignore[return-value]  # bleach: drop the link, keep the text
+    attrs[(None, "rel")] = "nofollow noopener"
+    attrs[(None, "target")] = "_blank"
+    return attrs
+
+
+@lru_cache(maxsize=1)
+def _linker() -> Linker:
+    return Linker(callbacks=[_set_rel], skip_tags=["pre", "code"], parse_email=False)
+
+
+def to_plain_text(raw: str) -> str:
+    """Markup removed, entities decoded, invisible characters dropped, NFKC normalised."""
+    text = unicodedata.normalize("NFKC", raw)
+    # Remove tags (keeping their text), then turn entities back into characters: the
+    # result is text, never markup.  Loop because decoding can reveal new markup
+    # (``&lt;script&gt;``) that must not survive as "text that looks like a tag" in
+    # places where it could later be mis-rendered.
+    for _ in range(3):
+        stripped = html.unescape(bleach.clean(text, tags=set(), attributes={}, strip=True, strip_comments=True))
+        if stripped == text:
+            break
+        text = stripped
+    text = _INVISIBLE.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _SPACES.sub(" ", text)
+    text = _BLANK_LINES.sub("\n\n", text)
+    return text.strip()
+
+
+def to_html(text: str) -> str:
+    """``text`` escaped for HTML, with links marked up."""
+    return _linker().linkify(html.escape(text, quote=True))
+
+
+@dataclass(frozen=True)
+class Rendered:
+    content: str
+    content_html: str | None
+
+
+def render(raw: str, *, encrypted: bool = False) -> Rendered:
+    if encrypted:
+        # Opaque ciphertext: stored as sent, never rendered as HTML, never filtered.
+        return Rendered(content=raw.strip(), content_html=None)
+    text = to_plain_text(raw)
+    return Rendered(content=text, content_html=to_html(text))

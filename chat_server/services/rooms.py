@@ -1,0 +1,121 @@
+"""Room rules: who may see, join, create and change rooms."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..domain import ROOM_PUBLIC, Membership, Principal, Room
+from ..errors import Forbidden, NotFound, ValidationFailed
+
+ROOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-.:@]{1,128}$")
+
+
+class RoomRepository(Protocol):
+    async def get(self, room_id: str) -> Room | None: ...
+    async def create(self, room_id: str, *, name: str, type: str, settings: Mapping[str, Any], owner: Principal | None, members: list[str] | None = None) -> Room: ...
+    async def ensure(self, room_id: str, *, name: str, type: str) -> Room: ...
+    async def update(self, room_id: str, *, name: str | None, settings: Mapping[str, Any] | None) -> Room | None: ...
+    async def membership(self, room_id: str, user_id: str) -> Membership | None: ...
+    async def touch_member(self, room_id: str, user: Principal) -> None: ...
+    async def members(self, room_id: str, *, limit: int = 1000) -> list[Membership]: ...
+
+
+class OnlineLookup(Protocol):
+    async def online(self, room_id: str, limit: int = 100) -> list[dict[str, Any]]: ...
+    async def count(self, room_id: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class RoomPolicy:
+    default_room: str = "lobby"
+    auto_create_rooms: bool = True
+
+
+@dataclass(frozen=True)
+class MemberView:
+    user_id: str
+    username: str
+    avatar: str | None
+    role: str
+    online: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "username": self.username, "avatar": self.avatar, "role": self.role, "online": self.online}
+
+
+def check_room_id(room_id: Any) -> str:
+    if not isinstance(room_id, str) or not ROOM_ID_PATTERN.match(room_id):
+        raise ValidationFailed("room_id must be 1-128 letters, digits or _ - . : @", details={"room_id": ["Invalid room id."]})
+    return room_id
+
+
+class RoomService:
+    def __init__(self, rooms: RoomRepository, presence: OnlineLookup, policy: RoomPolicy) -> None:
+        self._rooms = rooms
+        self._presence = presence
+        self._policy = policy
+
+    async def can_moderate(self, user: Principal, room: Room) -> bool:
+        if user.is_global_moderator:
+            return True
+        membership = await self._rooms.membership(room.id, user.user_id)
+        return membership is not None and membership.role in ("moderator", "owner")
+
+    async def visible(self, user: Principal, room_id: str) -> Room:
+        """The room if ``user`` may see it; a private room they are not in looks missing."""
+        check_room_id(room_id)
+        room = await self._rooms.get(room_id)
+        if room is None:
+            raise NotFound("Room not found")
+        if room.is_public or user.is_admin:
+            return room
+        if await self._rooms.membership(room_id, user.user_id) is None and not user.is_global_moderator:
+            raise NotFound("Room not found")
+        return room
+
+    async def join(self, user: Principal, room_id: str) -> Room:
+        """Resolve the room for a join, creating the default (or any, when auto-create is
+        on) public room on first use, and record the membership."""
+        check_room_id(room_id)
+        room = await self._rooms.get(room_id)
+        if room is None:
+            if room_id != self._policy.default_room and not self._policy.auto_create_rooms:
+                raise NotFound("Room not found")
+            room = await self._rooms.ensure(room_id, name=room_id, type=ROOM_PUBLIC)
+        if not room.is_public:
+            room = await self.visible(user, room_id)
+        await self._rooms.touch_member(room.id, user)
+        return room
+
+    async def create(
+        self,
+        user: Principal,
+        *,
+        room_id: str,
+        name: str,
+        type: str,
+        settings: Mapping[str, Any] | None,
+        members: list[str] | None = None,
+    ) -> Room:
+        if not user.is_global_moderator:
+            raise Forbidden("Only moderators and admins can create rooms")
+        check_room_id(room_id)
+        return await self._rooms.create(room_id, name=name, type=type, settings=settings or {}, owner=user, members=members)
+
+    async def update(self, user: Principal, room_id: str, *, name: str | None, settings: Mapping[str, Any] | None) -> Room:
+        room = await self.visible(user, room_id)
+        if not await self.can_moderate(user, room):
+            raise Forbidden("Only the room's moderators can change it")
+        updated = await self._rooms.update(room_id, name=name, settings=settings)
+        if updated is None:
+            raise NotFound("Room not found")
+        return updated
+
+    async def members(self, user: Principal, room_id: str) -> list[MemberView]:
+        room = await self.visible(user, room_id)
+        rows = await self._rooms.members(room.id)
+        online_ids = {u["user_id"] for u in await self._presence.online(room.id, limit=10_000)}
+        return [MemberView(m.user_id, m.username, m.avatar, m.role, m.user_id in online_ids) for m in rows]

@@ -1,0 +1,126 @@
+"""Presence in Redis, shared by every node (see ``services.presence`` for the contract).
+
+Keys (``{prefix}`` is the configured Redis prefix):
+- ``{prefix}:pr:{room}:users``  sorted set, member user_id, score = latest connection expiry (ms)
+- ``{prefix}:pr:{room}:c:{user}`` hash, field conn_id -> expiry (ms)
+- ``{prefix}:pr:{room}:info`` hash, field user_id -> JSON public info
+Add and remove are Lua scripts so "first connection" / "last connection" are decided
+atomically even when two nodes race.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ..services.presence import Connection
+
+_ADD = """
+local now = tonumber(ARGV[4])
+local conns = redis.call('HGETALL', KEYS[2])
+local live = 0
+for i = 1, #conns, 2 do
+  if tonumber(conns[i + 1]) <= now then
+    redis.call('HDEL', KEYS[2], conns[i])
+  elseif conns[i] ~= ARGV[2] then
+    live = live + 1
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+if live == 0 then return 1 end
+return 0
+"""
+
+_REMOVE = """
+if redis.call('HDEL', KEYS[2], ARGV[2]) == 0 then return 0 end
+local now = tonumber(ARGV[3])
+local conns = redis.call('HGETALL', KEYS[2])
+local live = 0
+for i = 1, #conns, 2 do
+  if tonumber(conns[i + 1]) > now then live = live + 1 end
+end
+if live > 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+
+_ONLINE = """
+local now = tonumber(ARGV[1])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 500)
+for _, user in ipairs(stale) do
+  redis.call('ZREM', KEYS[1], user)
+  redis.call('HDEL', KEYS[2], user)
+end
+local users = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, tonumber(ARGV[2]))
+if #users == 0 then return {} end
+return redis.call('HMGET', KEYS[2], unpack(users))
+"""
+
+
+class RedisPresenceStore:
+    def __init__(self, redis: Redis, *, prefix: str, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl_ms = int(ttl_s * 1000)
+        self._clock = clock
+        self._add = redis.register_script(_ADD)
+        self._remove = redis.register_script(_REMOVE)
+        self._online = redis.register_script(_ONLINE)
+
+    def _keys(self, room_id: str, user_id: str) -> list[str]:
+        base = f"{self._prefix}:pr:{room_id}"
+        return [f"{base}:users", f"{base}:c:{user_id}", f"{base}:info"]
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def add(self, room_id: str, user: dict[str, Any], conn_id: str) -> bool:
+        now = self._now_ms()
+        result = await self._add(
+            keys=self._keys(room_id, user["user_id"]),
+            args=[user["user_id"], conn_id, now + self._ttl_ms, now, json.dumps(user), self._ttl_ms * 4],
+        )
+        return bool(int(result))
+
+    async def remove(self, room_id: str, user_id: str, conn_id: str) -> bool:
+        result = await self._remove(keys=self._keys(room_id, user_id), args=[user_id, conn_id, self._now_ms()])
+        return bool(int(result))
+
+    async def refresh(self, connections: Iterable[Connection]) -> None:
+        expiry = self._now_ms() + self._ttl_ms
+        async with self._redis.pipeline(transaction=False) as pipe:
+            queued = 0
+            for c in connections:
+                users_key, conns_key, info_key = self._keys(c.room_id, c.user_id)
+                pipe.hset(conns_key, c.conn_id, expiry)
+                pipe.pexpire(conns_key, self._ttl_ms * 4)
+                pipe.zadd(users_key, {c.user_id: expiry}, gt=True)
+                pipe.pexpire(users_key, self._ttl_ms * 4)
+                pipe.pexpire(info_key, self._ttl_ms * 4)
+                queued += 1
+            if queued:
+                await pipe.execute()
+
+    async def online(self, room_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        users_key, _, info_key = self._keys(room_id, "")
+        raw = await self._online(keys=[users_key, info_key], args=[self._now_ms(), limit])
+        return [json.loads(r) for r in raw if r]
+
+    async def count(self, room_id: str) -> int:
+        users_key = self._keys(room_id, "")[0]
+        return int(await self._redis.zcount(users_key, f"({self._now_ms()}", "+inf"))
+
+    async def is_online(self, room_id: str, user_id: str) -> bool:
+        score = await self._redis.zscore(self._keys(room_id, user_id)[0], user_id)
+        return score is not None and score > self._now_ms()

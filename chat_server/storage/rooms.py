@@ -1,0 +1,136 @@
+"""Rooms and memberships: SQL and row mapping only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..domain import Membership, Principal, Room
+from ..errors import Conflict
+from .db import Database, Json, UniqueViolation
+
+_ROOM_COLUMNS = "id, name, type, settings, created_by, created_at, message_count, last_seq"
+
+
+def _room(row: Mapping[str, Any]) -> Room:
+    return Room(
+        id=row["id"],
+        name=row["name"],
+        type=row["type"],
+        settings=row["settings"] or {},
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        message_count=int(row["message_count"]),
+        last_seq=int(row["last_seq"]),
+    )
+
+
+def _membership(row: Mapping[str, Any]) -> Membership:
+    return Membership(
+        room_id=row["room_id"],
+        user_id=row["user_id"],
+        username=row["username"],
+        avatar=row["avatar"],
+        role=row["role"],
+        joined_at=row["joined_at"],
+    )
+
+
+class RoomStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, room_id: str) -> Room | None:
+        row = await self._db.fetchrow(f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = %s", (room_id,))
+        return _room(row) if row else None
+
+    async def create(
+        self,
+        room_id: str,
+        *,
+        name: str,
+        type: str,
+        settings: Mapping[str, Any],
+        owner: Principal | None,
+        members: list[str] | None = None,
+    ) -> Room:
+        """Insert a room with its owner (and initial members) in one transaction."""
+        try:
+            async with self._db.transaction() as cur:
+                await cur.execute(
+                    f"INSERT INTO rooms (id, name, type, settings, created_by) VALUES (%s, %s, %s, %s, %s) RETURNING {_ROOM_COLUMNS}",
+                    (room_id, name, type, Json(dict(settings)), owner.user_id if owner else None),
+                )
+                row = await cur.fetchone()
+                if owner is not None:
+                    await cur.execute(
+                        "INSERT INTO room_members (room_id, user_id, username, avatar, role) VALUES (%s, %s, %s, %s, 'owner')",
+                        (room_id, owner.user_id, owner.username, owner.avatar),
+                    )
+                for user_id in members or []:
+                    if owner is not None and user_id == owner.user_id:
+                        continue
+                    await cur.execute(
+                        "INSERT INTO room_members (room_id, user_id, username, role) VALUES (%s, %s, %s, 'member') ON CONFLICT DO NOTHING",
+                        (room_id, user_id, user_id),
+                    )
+        except UniqueViolation:
+            raise Conflict(f"Room {room_id!r} already exists") from None
+        return _room(row)
+
+    async def ensure(self, room_id: str, *, name: str, type: str) -> Room:
+        """Get the room, creating it with defaults when it does not exist (race-free)."""
+        await self._db.execute(
+            "INSERT INTO rooms (id, name, type) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
+            (room_id, name, type),
+        )
+        room = await self.get(room_id)
+        assert room is not None
+        return room
+
+    async def update(self, room_id: str, *, name: str | None, settings: Mapping[str, Any] | None) -> Room | None:
+        row = await self._db.fetchrow(
+            f"""UPDATE rooms SET name = COALESCE(%s, name),
+                                 settings = CASE WHEN %s::jsonb IS NULL THEN settings ELSE settings || %s::jsonb END
+                WHERE id = %s RETURNING {_ROOM_COLUMNS}""",
+            (name, Json(dict(settings)) if settings is not None else None, Json(dict(settings)) if settings is not None else None, room_id),
+        )
+        return _room(row) if row else None
+
+    async def membership(self, room_id: str, user_id: str) -> Membership | None:
+        row = await self._db.fetchrow(
+            "SELECT room_id, user_id, username, avatar, role, joined_at FROM room_members WHERE room_id = %s AND user_id = %s",
+            (room_id, user_id),
+        )
+        return _membership(row) if row else None
+
+    async def touch_member(self, room_id: str, user: Principal) -> None:
+        """Record (or refresh) that ``user`` is a member; keeps a granted role."""
+        await self._db.execute(
+            """INSERT INTO room_members (room_id, user_id, username, avatar) VALUES (%s, %s, %s, %s)
+               ON CONFLICT (room_id, user_id) DO UPDATE
+               SET username = EXCLUDED.username, avatar = EXCLUDED.avatar, last_seen_at = now()""",
+            (room_id, user.user_id, user.username, user.avatar),
+        )
+
+    async def add_member(self, room_id: str, user_id: str, *, role: str = "member") -> None:
+        await self._db.execute(
+            """INSERT INTO room_members (room_id, user_id, username, role) VALUES (%s, %s, %s, %s)
+               ON CONFLICT (room_id, user_id) DO UPDATE SET role = EXCLUDED.role""",
+            (room_id, user_id, user_id, role),
+        )
+
+    async def remove_member(self, room_id: str, user_id: str) -> bool:
+        return await self._db.execute("DELETE FROM room_members WHERE room_id = %s AND user_id = %s", (room_id, user_id)) > 0
+
+    async def members(self, room_id: str, *, limit: int = 1000) -> list[Membership]:
+        rows = await self._db.fetch(
+            """SELECT room_id, user_id, username, avatar, role, joined_at FROM room_members
+               WHERE room_id = %s ORDER BY joined_at, user_id LIMIT %s""",
+            (room_id, limit),
+        )
+        return [_membership(r) for r in rows]
+
+    async def message_count(self, room_id: str) -> int:
+        row = await self._db.fetchrow("SELECT message_count FROM rooms WHERE id = %s", (room_id,))
+        return int(row["message_count"]) if row else 0

@@ -1,0 +1,11 @@
+DROP TABLE IF EXISTS user_presence;
+DROP TABLE IF EXISTS blocks;
+DROP TRIGGER IF EXISTS audit_log_no_update ON audit_log;
+DROP TABLE IF EXISTS audit_log;
+DROP FUNCTION IF EXISTS audit_log_append_only();
+DROP TABLE IF EXISTS reports;
+DROP TABLE IF EXISTS bans;
+DROP TABLE IF EXISTS reactions;
+DROP TABLE IF EXISTS messages;
+DROP TABLE IF EXISTS room_members;
+DROP TABLE IF EXISTS rooms;
