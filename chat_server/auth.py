@@ -59,7 +59,7 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     if not isinstance(sub, str) or not sub.strip() or len(sub) > 128:
         raise Unauthorized()
     name = claims.get("name") or claims.get("username") or sub
-    role = claims.get("role") if claims.get("role") in ROLES else ROLE_USER
+    role = str(claims["role"]) if claims.get("role") in ROLES else ROLE_USER
     avatar = claims.get("avatar") if isinstance(claims.get("avatar"), str) else None
     return Principal(user_id=sub, username=str(name)[:64], avatar=avatar, role=role, claims=dict(claims))
 

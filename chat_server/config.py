@@ -227,7 +227,7 @@ class Settings:
             enable_spam_detection=_parse(env, ("ENABLE_SPAM_DETECTION",), True, _to_bool, "true or false"),
             max_message_length=_parse(env, ("MAX_MESSAGE_LENGTH",), 1000, _positive_int, "a positive integer"),
             message_history_limit=_parse(env, ("MESSAGE_HISTORY_LIMIT",), 100, _positive_int, "a positive integer"),
-            cors_allowed_origins=_parse(env, ("CORS_ALLOWED_ORIGINS", "CORS_ORIGIN"), "*", _origins, "'*' or a comma-separated list of origins"),
+            cors_allowed_origins=_parse(env, ("CORS_ALLOWED_ORIGINS", "CORS_ORIGIN"), _origins("*"), _origins, "'*' or a comma-separated list of origins"),
             log_level=_parse(env, ("LOG_LEVEL",), "INFO", _choice("debug", "info", "warning", "error", "critical"), "debug, info, warning, error or critical").upper(),
             log_format=_parse(env, ("LOG_FORMAT",), "json" if environment == "production" else "console", _choice("json", "console"), "json or console"),
             default_room=_parse(env, ("DEFAULT_ROOM",), "lobby", str, "a room id"),
