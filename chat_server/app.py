@@ -21,6 +21,7 @@ from .config import Settings
 from .metrics import Metrics
 from .realtime.broadcaster import Broadcaster
 from .realtime.connections import ConnectionRegistry
+from .realtime.manager import LocalDeliveryHook, LocalManager, RedisManager
 from .realtime.room_stats import Gate, MemoryGate, RedisGate, RoomStatsCoalescer
 from .realtime.sessions import ChatSessions
 from .realtime.socketio_handlers import SocketIOHandlers
@@ -60,10 +61,10 @@ class Components:
 COMPONENTS_KEY = web.AppKey("components", Components)
 
 
-def _client_manager(settings: Settings) -> socketio.AsyncManager:
+def _client_manager(settings: Settings) -> LocalDeliveryHook:
     if settings.redis_url:
-        return socketio.AsyncRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}:socketio")
-    return socketio.AsyncManager()
+        return RedisManager(settings.redis_url, channel=f"{settings.redis_prefix}:socketio")
+    return LocalManager()
 
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
