@@ -23,17 +23,19 @@ from .realtime.broadcaster import Broadcaster
 from .realtime.connections import ConnectionRegistry
 from .realtime.manager import LocalDeliveryHook, LocalManager, RedisManager
 from .realtime.room_stats import Gate, MemoryGate, RedisGate, RoomStatsCoalescer
-from .realtime.sessions import ChatSessions
+from .realtime.sessions import ChatSessions, LivePolicy
 from .realtime.socketio_handlers import SocketIOHandlers
 from .rest.health import HealthApi
 from .rest.middleware import VERIFIER_KEY, auth_middleware, error_middleware, validation_error_callback
 from .rest.rooms import RoomsApi
 from .services.messages import MessageLimits, MessageService
 from .services.presence import MemoryPresenceStore, PresenceStore
+from .services.reactions import ReactionService
 from .services.rooms import RoomPolicy, RoomService
 from .storage.db import Database
 from .storage.messages import MessageStore
 from .storage.presence_redis import RedisPresenceStore
+from .storage.reactions import ReactionStore
 from .storage.rooms import RoomStore
 
 log = logging.getLogger(__name__)
@@ -111,10 +113,17 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     broadcaster = Broadcaster(sio, stats)
     messages = MessageService(
         MessageStore(db), rooms, broadcaster,
-        MessageLimits(max_length=settings.max_message_length, history_limit=settings.message_history_limit),
+        MessageLimits(max_length=settings.max_message_length, history_limit=settings.message_history_limit,
+                      max_mentions=settings.max_mentions),
+        mentions=room_store,
     )
+    reactions = ReactionService(ReactionStore(db), messages, broadcaster, names=settings.reaction_names)
     registry = ConnectionRegistry(node_id)
-    sessions = ChatSessions(rooms=rooms, messages=messages, presence=presence, broadcaster=broadcaster, registry=registry)
+    sessions = ChatSessions(
+        rooms=rooms, messages=messages, reactions=reactions, presence=presence, broadcaster=broadcaster, registry=registry,
+        policy=LivePolicy(typing_throttle_s=settings.typing_throttle_s, typing_ttl_s=settings.typing_ttl_s,
+                          big_room_threshold=settings.big_room_threshold),
+    )
     verifier = TokenVerifier(settings)
     SocketIOHandlers(
         sio, sessions, verifier,

@@ -82,6 +82,13 @@ def _origins(raw: str) -> tuple[str, ...] | str:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    if not names or any(len(n) > 32 for n in names):
+        raise ValueError(raw)
+    return names
+
+
 def default_data_dir() -> Path:
     """The user's data dir when it can be created, else ``./var``."""
     try:
@@ -130,6 +137,10 @@ class Settings:
     presence_ttl_s: float = 30.0
     typing_ttl_s: float = 5.0
     shutdown_timeout_s: float = 10.0
+    typing_throttle_s: float = 2.0
+    big_room_threshold: int = 1000
+    max_mentions: int = 10
+    reaction_names: tuple[str, ...] = ("like", "love", "laugh", "wow", "sad", "angry", "fire", "clap")
 
     @property
     def is_production(self) -> bool:
@@ -240,4 +251,8 @@ class Settings:
             presence_ttl_s=_parse(env, ("PRESENCE_TTL_MS",), 30_000, _positive_int, "a positive number of milliseconds") / 1000,
             typing_ttl_s=_parse(env, ("TYPING_TTL_MS",), 5000, _positive_int, "a positive number of milliseconds") / 1000,
             shutdown_timeout_s=_parse(env, ("SHUTDOWN_TIMEOUT_MS",), 10_000, _positive_int, "a positive number of milliseconds") / 1000,
+            typing_throttle_s=_parse(env, ("TYPING_THROTTLE_MS",), 2000, _positive_int, "a positive number of milliseconds") / 1000,
+            big_room_threshold=_parse(env, ("BIG_ROOM_THRESHOLD",), 1000, _positive_int, "a positive integer"),
+            max_mentions=_parse(env, ("MAX_MENTIONS",), 10, _positive_int, "a positive integer"),
+            reaction_names=_parse(env, ("REACTION_NAMES",), ("like", "love", "laugh", "wow", "sad", "angry", "fire", "clap"), _names, "a comma-separated list of names"),
         )

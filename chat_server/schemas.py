@@ -47,6 +47,12 @@ class TypingIn(InSchema):
     is_typing = fields.Boolean(required=True)
 
 
+class ReactIn(InSchema):
+    message_id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    reaction = fields.String(required=True, validate=validate.Length(min=1, max=32))
+    remove = fields.Boolean(load_default=None, allow_none=True)
+
+
 def load(schema: Schema, payload: Any) -> dict[str, Any]:
     """Validate ``payload``; raise ``ValidationFailed`` with per-field details."""
     if not isinstance(payload, dict):
@@ -144,6 +150,15 @@ class PresenceOut(OutSchema):
     status = fields.String(required=True, validate=validate.OneOf(["online", "offline"]))
 
 
+class MessageReactionOut(OutSchema):
+    room_id = fields.String(required=True)
+    message_id = fields.String(required=True)
+    reactions = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    user_id = fields.String(required=True)
+    reaction = fields.String(required=True)
+    action = fields.String(required=True, validate=validate.OneOf(["added", "removed"]))
+
+
 class JoinRoomAckOut(OutSchema):
     ok = fields.Boolean(required=True)
     room = fields.Nested(RoomOut, required=True)
@@ -172,6 +187,7 @@ SERVER_EVENTS: dict[str, type[Schema]] = {
     "user_typing": UserTypingOut,
     "room_stats": RoomStatsOut,
     "presence": PresenceOut,
+    "message_reaction": MessageReactionOut,
 }
 
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import jwt
 import psycopg2
 import pytest
@@ -220,3 +221,116 @@ async def connect(node: Node) -> AsyncIterator[Callable[..., Awaitable[ChatClien
         await client.disconnect()
     for client in clients:
         client.assert_valid()
+
+
+async def rest(
+    node: Node,
+    method: str,
+    path: str,
+    user: str | None = None,
+    *,
+    role: str = "user",
+    token: str | None = None,
+    **kwargs: Any,
+) -> tuple[int, Any]:
+    """One REST call against ``node`` as ``user`` (or with ``token``); returns
+    ``(status, body)`` with the body parsed as JSON when it is JSON."""
+    headers = dict(kwargs.pop("headers", {}) or {})
+    if token is None and user is not None:
+        token = make_token(user, role=role)
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, node.url + path, headers=headers, **kwargs) as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, await response.text()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """A real ``chat-server run`` process (for tests that kill or restart a node)."""
+
+    def __init__(self, env: dict[str, str], port: int) -> None:
+        self.env = env
+        self.port = port
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 20) -> ServerProcess:
+        import subprocess
+        import sys
+        import tempfile
+
+        import aiohttp
+
+        # Output goes to a file: a pipe nobody reads could fill up and stall the server.
+        self.log = tempfile.NamedTemporaryFile(prefix="chat-server-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chat_server", "run", "--port", str(self.port), "--host", "127.0.0.1"],
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"server exited: {self.output()[-3000:]}")
+                try:
+                    async with http.get(self.url + "/readyz") as resp:
+                        if resp.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError("server did not become ready")
+
+    def output(self) -> str:
+        with open(self.log.name, errors="replace") as f:
+            return f.read()
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            return int(self.proc.wait(timeout))
+        return int(self.proc.returncode) if self.proc else 0
+
+
+@pytest.fixture
+def spawn_server(database_url: str) -> Any:
+    """``await spawn_server(**env)`` → a started ``chat-server run`` process on a free port."""
+    servers: list[ServerProcess] = []
+
+    async def spawn(**env: str) -> ServerProcess:
+        base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        base.update({
+            "DATABASE_URL": database_url,
+            "JWT_SECRET": JWT_SECRET,
+            "APP_ENV": "test",
+            "LOG_LEVEL": "WARNING",
+            "REDIS_PREFIX": f"chattest:{RUN_ID}",
+        })
+        base.update(env)
+        server = ServerProcess(base, free_port())
+        servers.append(server)
+        return await server.start()
+
+    yield spawn
+    for server in servers:
+        server.kill()

@@ -46,6 +46,14 @@ class Broadcaster:
         await self._emit("new_message", message.to_dict(), to=room_channel(message.room_id))
         self.room_activity(message.room_id)
 
+    async def mentioned(self, user_id: str, message: Message) -> None:
+        await self._emit("mentioned", message.to_dict(), to=user_channel(user_id))
+
+    async def message_reaction(self, message: Message, reactions: dict[str, int], *, user_id: str, reaction: str, action: str) -> None:
+        payload = {"room_id": message.room_id, "message_id": message.message_id, "reactions": reactions,
+                   "user_id": user_id, "reaction": reaction, "action": action}
+        await self._emit("message_reaction", payload, to=room_channel(message.room_id))
+
     async def user_joined(self, room_id: str, user: dict[str, Any]) -> None:
         payload = {"room_id": room_id, "user_id": user["user_id"], "username": user["username"], "avatar": user.get("avatar")}
         await self._emit("user_joined", payload, to=room_channel(room_id))

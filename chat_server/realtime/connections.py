@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..domain import Principal
 from ..services.presence import GLOBAL, Connection
@@ -22,6 +22,13 @@ class Transport(Protocol):
 
 
 @dataclass
+class TypingState:
+    active: bool = False
+    sent_at: float = 0.0
+    timer: Any = None  # asyncio.TimerHandle of the automatic stop
+
+
+@dataclass
 class ConnState:
     conn_id: str  # globally unique: node id + transport id
     sid: str  # transport-local id (Socket.IO sid)
@@ -29,7 +36,7 @@ class ConnState:
     transport: Transport
     address: str | None = None
     rooms: set[str] = field(default_factory=set)
-    typing_in: set[str] = field(default_factory=set)
+    typing: dict[str, TypingState] = field(default_factory=dict)
 
 
 class ConnectionRegistry:

@@ -12,7 +12,7 @@ import socketio
 
 from ..auth import TokenVerifier, bearer_token
 from ..errors import ChatError, Unauthorized, ValidationFailed
-from ..schemas import JoinRoomIn, LeaveRoomIn, SendMessageIn, TypingIn, load
+from ..schemas import JoinRoomIn, LeaveRoomIn, ReactIn, SendMessageIn, TypingIn, load
 from .acks import acknowledge
 from .broadcaster import room_channel, user_channel
 from .connections import ConnState
@@ -79,6 +79,7 @@ class SocketIOHandlers:
         sio.on("leave_room", self.leave_room)
         sio.on("send_message", self.send_message)
         sio.on("typing", self.typing)
+        sio.on("react", self.react)
         sio.on("*", self.unknown_event)
 
     def _conn(self, sid: str) -> ConnState:
@@ -155,6 +156,14 @@ class SocketIOHandlers:
             await self._sessions.typing(self._conn(sid), payload["room_id"], payload["is_typing"])
 
         return await acknowledge("typing", self._context(sid, "typing"), run, self._on_result)
+
+    async def react(self, sid: str, data: Any = None) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            payload = load(ReactIn(), data)
+            change = await self._sessions.react(self._conn(sid), payload["message_id"], payload["reaction"], remove=payload["remove"])
+            return {"reactions": change.reactions, "action": change.action}
+
+        return await acknowledge("react", self._context(sid, "react"), run, self._on_result)
 
     async def unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         async def run() -> None:

@@ -77,7 +77,7 @@ class RoomsApi:
     @querystring_schema(HistoryQueryIn)
     @response_schema(HistoryOut, 200)
     async def list_messages(self, request: web.Request) -> web.Response:
-        q = request["data"]
+        q = request["querystring"]  # querystring_schema puts its result here, not in "data"
         limit = q["limit"] if q["limit"] is not None else min(50, self._messages.limits.history_limit)
         page = await self._messages.history(
             principal(request), request.match_info["room_id"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -47,6 +48,9 @@ def to_plain_text(raw: str) -> str:
     # (``&lt;script&gt;``) that must not survive as "text that looks like a tag" in
     # places where it could later be mis-rendered.
     for _ in range(3):
+        # Drop invisible/control characters before bleach: html5lib turns some of them
+        # (e.g. BEL, ESC) into a visible "?" instead of removing them.
+        text = _INVISIBLE.sub("", text)
         stripped = html.unescape(bleach.clean(text, tags=set(), attributes={}, strip=True, strip_comments=True))
         if stripped == text:
             break
@@ -57,9 +61,45 @@ def to_plain_text(raw: str) -> str:
     return text.strip()
 
 
-def to_html(text: str) -> str:
-    """``text`` escaped for HTML, with links marked up."""
-    return _linker().linkify(html.escape(text, quote=True))
+# "@name" at the start or after white space / opening punctuation, so e-mail addresses,
+# "@@x" and "@" inside URLs are not mentions.
+MENTION = re.compile(r"(?<![^\s(\[{\"',;!?])@([\w.\-]{1,64})")
+
+
+def find_mentions(text: str) -> list[str]:
+    """The distinct ``@tokens`` of ``text`` in order of appearance (without the ``@``)."""
+    seen: dict[str, str] = {}
+    for match in MENTION.finditer(text):
+        token = match.group(1).rstrip(".-")
+        if token:
+            seen.setdefault(token.lower(), token)
+    return list(seen.values())
+
+
+def _linkify(text: str) -> str:
+    return _linker().linkify(html.escape(text, quote=True)) if text else ""
+
+
+def to_html(text: str, mentions: Mapping[str, str] | None = None) -> str:
+    """``text`` escaped for HTML, with links marked up and ``@mentions`` of known users
+    (``mentions``: lower-cased token -> user id) wrapped in a span."""
+    if not mentions:
+        return _linkify(text)
+    parts: list[str] = []
+    position = 0
+    for match in MENTION.finditer(text):
+        token = match.group(1).rstrip(".-")
+        user_id = mentions.get(token.lower())
+        if user_id is None:
+            continue
+        end = match.start() + 1 + len(token)
+        parts.append(_linkify(text[position:match.start()]))
+        parts.append(
+            f'<span class="mention" data-user-id="{html.escape(user_id, quote=True)}">@{html.escape(token, quote=True)}</span>'
+        )
+        position = end
+    parts.append(_linkify(text[position:]))
+    return "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -68,9 +108,9 @@ class Rendered:
     content_html: str | None
 
 
-def render(raw: str, *, encrypted: bool = False) -> Rendered:
+def render(raw: str, *, encrypted: bool = False, mentions: Mapping[str, str] | None = None) -> Rendered:
     if encrypted:
         # Opaque ciphertext: stored as sent, never rendered as HTML, never filtered.
         return Rendered(content=raw.strip(), content_html=None)
     text = to_plain_text(raw)
-    return Rendered(content=text, content_html=to_html(text))
+    return Rendered(content=text, content_html=to_html(text, mentions))

@@ -30,12 +30,18 @@ class MessageEvents(Protocol):
     """What the service announces after a commit (implemented by the broadcaster)."""
 
     async def message_created(self, message: Message) -> None: ...
+    async def mentioned(self, user_id: str, message: Message) -> None: ...
+
+
+class MentionResolver(Protocol):
+    async def resolve_mentions(self, room_id: str, tokens: list[str]) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)
 class MessageLimits:
     max_length: int = 1000
     history_limit: int = 100
+    max_mentions: int = 10
 
 
 def new_message_id() -> str:
@@ -50,8 +56,10 @@ class MessageService:
         events: MessageEvents,
         limits: MessageLimits,
         *,
+        mentions: MentionResolver | None = None,
         id_factory: Callable[[], str] = new_message_id,
     ) -> None:
+        self._mentions = mentions
         self._messages = messages
         self._rooms = rooms
         self._events = events
@@ -79,10 +87,16 @@ class MessageService:
         max_length = self._limits.max_length * 2 if encrypted else self._limits.max_length
         if len(content) > max_length:
             raise MessageRejected("too_long", f"Message is longer than {max_length} characters", details={"max_length": max_length})
-        rendered = content_pipeline.render(content, encrypted=encrypted)
-        if not rendered.content:
+        text = content.strip() if encrypted else content_pipeline.to_plain_text(content)
+        if not text:
             raise MessageRejected("empty", "Message is empty")
         room = await self._rooms.visible(user, room_id)
+        tokens = [] if encrypted else content_pipeline.find_mentions(text)
+        if len(tokens) > self._limits.max_mentions:
+            raise MessageRejected("spam", f"Too many mentions (at most {self._limits.max_mentions})",
+                                  details={"rule": "mentions", "max_mentions": self._limits.max_mentions})
+        resolved = await self._mentions.resolve_mentions(room.id, tokens) if tokens and self._mentions else {}
+        html = None if encrypted else content_pipeline.to_html(text, resolved)
         if reply_to is not None:
             parent = await self._messages.get(reply_to)
             if parent is None or parent.room_id != room.id or parent.deleted_at is not None:
@@ -91,11 +105,12 @@ class MessageService:
             message_id=self._new_id(),
             room_id=room.id,
             user=user,
-            content=rendered.content,
-            content_html=rendered.content_html,
+            content=text,
+            content_html=html,
             type=type,
             client_msg_id=client_msg_id,
             reply_to=reply_to,
+            mentions=tuple(dict.fromkeys(resolved.values())),
         )
         message, created = await self._messages.insert(new)
         if created:
@@ -103,6 +118,9 @@ class MessageService:
             # stored message into an error: clients catch up by seq.
             try:
                 await self._events.message_created(message)
+                for mentioned in message.mentions:
+                    if mentioned != user.user_id:
+                        await self._events.mentioned(mentioned, message)
             except Exception:
                 log.exception("broadcast of message %s in %s failed", message.message_id, message.room_id)
         return message

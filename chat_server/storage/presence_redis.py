@@ -55,6 +55,18 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 """
 
+# Extends a connection only while it still exists: a heartbeat racing a disconnect must
+# not bring the removed connection (and so its user) back to life.
+_REFRESH = """
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+return 1
+"""
+
 _ONLINE = """
 local now = tonumber(ARGV[1])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 500)
@@ -77,6 +89,7 @@ class RedisPresenceStore:
         self._add = redis.register_script(_ADD)
         self._remove = redis.register_script(_REMOVE)
         self._online = redis.register_script(_ONLINE)
+        self._refresh = redis.register_script(_REFRESH)
 
     def _keys(self, room_id: str, user_id: str) -> list[str]:
         base = f"{self._prefix}:pr:{room_id}"
@@ -102,12 +115,7 @@ class RedisPresenceStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             queued = 0
             for c in connections:
-                users_key, conns_key, info_key = self._keys(c.room_id, c.user_id)
-                pipe.hset(conns_key, c.conn_id, expiry)
-                pipe.pexpire(conns_key, self._ttl_ms * 4)
-                pipe.zadd(users_key, {c.user_id: expiry}, gt=True)
-                pipe.pexpire(users_key, self._ttl_ms * 4)
-                pipe.pexpire(info_key, self._ttl_ms * 4)
+                await self._refresh(keys=self._keys(c.room_id, c.user_id), args=[c.user_id, c.conn_id, expiry, self._ttl_ms * 4], client=pipe)
                 queued += 1
             if queued:
                 await pipe.execute()

@@ -134,3 +134,25 @@ class RoomStore:
     async def message_count(self, room_id: str) -> int:
         row = await self._db.fetchrow("SELECT message_count FROM rooms WHERE id = %s", (room_id,))
         return int(row["message_count"]) if row else 0
+
+    async def resolve_mentions(self, room_id: str, tokens: list[str]) -> dict[str, str]:
+        """Map ``@tokens`` (lower-cased) to user ids of the room's members, matching a
+        user id exactly or a username case-insensitively."""
+        if not tokens:
+            return {}
+        rows = await self._db.fetch(
+            """SELECT user_id, username FROM room_members
+               WHERE room_id = %s AND (user_id = ANY(%s) OR lower(username) = ANY(%s))""",
+            (room_id, tokens, [t.lower() for t in tokens]),
+        )
+        resolved: dict[str, str] = {}
+        wanted = {t.lower() for t in tokens}
+        for row in rows:
+            # An exact user-id match wins over a username match.
+            if row["user_id"].lower() in wanted:
+                resolved[row["user_id"].lower()] = row["user_id"]
+        for row in rows:
+            name = row["username"].lower()
+            if name in wanted and name not in resolved:
+                resolved[name] = row["user_id"]
+        return resolved
