@@ -63,7 +63,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .logging_setup import configure_logging
-    from .migrate import apply_migrations
 
     settings = _load_settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -72,15 +71,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "(set JWT_SECRET for anything real; production refuses to start without it)", settings.data_dir)
     settings, embedded = _database(settings)
     try:
-        if not args.no_migrate:
-            _migrate_with_retry(settings.database_url or "", apply_migrations)
         try:
             import uvloop
 
             uvloop.install()
         except ImportError:  # pragma: no cover - optional speed-up
             pass
-        app = create_app(settings)
+        app = create_app(settings, migrate=not args.no_migrate)
         shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         url = f"http://{shown}:{settings.port}"
 

@@ -19,8 +19,10 @@ from redis.asyncio import Redis
 from .auth import TokenVerifier
 from .config import Settings
 from .metrics import Metrics
+from .migrate import apply_migrations
 from .realtime.broadcaster import Broadcaster
 from .realtime.connections import ConnectionRegistry
+from .realtime.drain import Drain
 from .realtime.manager import LocalDeliveryHook, LocalManager, RedisManager
 from .realtime.room_stats import Gate, MemoryGate, RedisGate, RoomStatsCoalescer
 from .realtime.sessions import ChatSessions, LivePolicy
@@ -36,6 +38,7 @@ from .storage.db import Database
 from .storage.messages import MessageStore
 from .storage.presence_redis import RedisPresenceStore
 from .storage.reactions import ReactionStore
+from .storage.resilient import FailSoftPresence
 from .storage.rooms import RoomStore
 
 log = logging.getLogger(__name__)
@@ -69,9 +72,10 @@ def _client_manager(settings: Settings) -> LocalDeliveryHook:
     return LocalManager()
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, migrate: bool = False) -> web.Application:
     """Build the aiohttp application for ``settings``; ``settings.database_url`` must be set
-    (the CLI starts the embedded PostgreSQL first when it is not)."""
+    (the CLI starts the embedded PostgreSQL first when it is not).  With ``migrate``, the
+    schema is brought up to date at start-up (retrying while PostgreSQL is down)."""
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (start the embedded database first)")
 
@@ -83,7 +87,10 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     gate: Gate
     if settings.redis_url:
         redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10)
-        presence = RedisPresenceStore(redis, prefix=settings.redis_prefix, ttl_s=settings.presence_ttl_s, clock=clock)
+        presence = FailSoftPresence(
+            RedisPresenceStore(redis, prefix=settings.redis_prefix, ttl_s=settings.presence_ttl_s, clock=clock),
+            MemoryPresenceStore(settings.presence_ttl_s, clock),
+        )
         gate = RedisGate(redis, settings.redis_prefix)
     else:
         presence = MemoryPresenceStore(settings.presence_ttl_s, clock)
@@ -125,11 +132,14 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
                           big_room_threshold=settings.big_room_threshold),
     )
     verifier = TokenVerifier(settings)
-    SocketIOHandlers(
+    drain = Drain()
+    socketio_handlers = SocketIOHandlers(
         sio, sessions, verifier,
         auto_join_room=settings.default_room if settings.auto_join_default_room else None,
         on_result=metrics.count_event,
-    ).register()
+        drain=drain,
+    )
+    socketio_handlers.register()
 
     app = web.Application(client_max_size=MAX_HTTP_BODY, middlewares=[error_middleware, auth_middleware, validation_middleware])
     app[VERIFIER_KEY] = verifier
@@ -143,7 +153,16 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         assert redis is not None
         return bool(await redis.ping())
 
-    HealthApi({"postgres": db.ping, "redis": redis_ok if redis is not None else None}, metrics.registry if settings.metrics_enabled else None).add_routes(app)
+    serving = {"ready": False}
+
+    async def node_ok() -> bool:
+        # Not ready while starting (schema, database) or draining for shutdown.
+        return serving["ready"] and not drain.closing
+
+    HealthApi(
+        {"node": node_ok, "postgres": db.ping, "redis": redis_ok if redis is not None else None},
+        metrics.registry if settings.metrics_enabled else None,
+    ).add_routes(app)
 
     setup_aiohttp_apispec(
         app,
@@ -168,19 +187,37 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             except Exception:
                 log.exception("presence heartbeat failed")
 
+    async def become_ready() -> None:
+        # Wait for PostgreSQL (and bring the schema up to date) without blocking the
+        # HTTP server: /healthz answers meanwhile, /readyz says why it is not ready.
+        delay = 0.5
+        while True:
+            try:
+                if migrate:
+                    await asyncio.get_running_loop().run_in_executor(None, apply_migrations, settings.database_url or "")
+                await db.connect()
+                serving["ready"] = True
+                log.info("node %s ready (%s)", node_id, settings.mode)
+                return
+            except Exception as exc:
+                log.warning("PostgreSQL is not ready (%s); retrying in %.1fs", str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     async def on_startup(app: web.Application) -> None:
-        try:
-            await db.connect()
-        except Exception:
-            log.warning("PostgreSQL is not reachable yet; retrying in the background (not ready until it is)")
-            background.append(asyncio.create_task(db.connect_with_retry()))
+        background.append(asyncio.create_task(become_ready()))
         background.append(asyncio.create_task(stats.run(broadcaster.room_stats)))
         background.append(asyncio.create_task(heartbeat()))
 
     async def on_shutdown(app: web.Application) -> None:
-        # Tell clients to go (they reconnect elsewhere and catch up by since_seq).
+        # Graceful: refuse new events, let those in flight answer their acks, then drop
+        # the connections so clients reconnect elsewhere and catch up by since_seq.
+        if not await drain.close(settings.shutdown_timeout_s / 2):
+            log.warning("shutdown: %d event(s) still in flight after %.1fs", drain.in_flight, settings.shutdown_timeout_s / 2)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(sio.shutdown(), settings.shutdown_timeout_s)
+            await asyncio.wait_for(socketio_handlers.close_all(), settings.shutdown_timeout_s / 2)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sio.shutdown(), 2)
 
     async def on_cleanup(app: web.Application) -> None:
         for task in background:

@@ -13,15 +13,26 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import ChatError, InternalError
+from .drain import Drain
 
 log = logging.getLogger("chat_server.events")
 
 Outcome = Callable[[], Awaitable[dict[str, Any] | None]]
 
 
-async def acknowledge(event: str, context: dict[str, Any], run: Outcome, on_result: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+async def acknowledge(
+    event: str,
+    context: dict[str, Any],
+    run: Outcome,
+    on_result: Callable[[str, str], None] | None = None,
+    drain: Drain | None = None,
+) -> dict[str, Any]:
     try:
-        result = await run()
+        if drain is None:
+            result = await run()
+        else:
+            async with drain.track():
+                result = await run()
     except ChatError as exc:
         if exc.http_status >= 500:
             log.warning("%s failed: %s", event, exc.code, extra=context)

@@ -15,6 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
+from ..storage.resilient import OutageLog
+
 log = logging.getLogger(__name__)
 
 
@@ -38,12 +42,21 @@ class MemoryGate:
 
 
 class RedisGate:
+    """Shared across nodes; while Redis fails, gates locally (stats keep flowing on this
+    node, at most one per interval) and logs the outage."""
+
     def __init__(self, redis: Any, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._local = MemoryGate()
+        self._outage = OutageLog("Redis (stats gate)")
 
     async def try_acquire(self, key: str, interval_ms: int) -> bool:
-        return bool(await self._redis.set(f"{self._prefix}:gate:{key}", "1", nx=True, px=interval_ms))
+        try:
+            return bool(await self._redis.set(f"{self._prefix}:gate:{key}", "1", nx=True, px=interval_ms))
+        except RedisError as exc:
+            self._outage.failed("room_stats gate", exc)
+            return await self._local.try_acquire(key, interval_ms)
 
 
 StatsSource = Callable[[str], Awaitable[dict[str, Any]]]

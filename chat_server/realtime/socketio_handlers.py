@@ -13,9 +13,10 @@ import socketio
 from ..auth import TokenVerifier, bearer_token
 from ..errors import ChatError, Unauthorized, ValidationFailed
 from ..schemas import JoinRoomIn, LeaveRoomIn, ReactIn, SendMessageIn, TypingIn, load
-from .acks import acknowledge
+from .acks import Outcome, acknowledge
 from .broadcaster import room_channel, user_channel
 from .connections import ConnState
+from .drain import Drain
 from .sessions import ChatSessions
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,9 @@ class SocketIOHandlers:
         *,
         auto_join_room: str | None,
         on_result: Callable[[str, str], None] | None = None,
+        drain: Drain | None = None,
     ) -> None:
+        self._drain = drain
         self._sio = sio
         self._sessions = sessions
         self._verifier = verifier
@@ -81,6 +84,13 @@ class SocketIOHandlers:
         sio.on("typing", self.typing)
         sio.on("react", self.react)
         sio.on("*", self.unknown_event)
+
+    async def close_all(self) -> None:
+        """Close every Socket.IO connection of this node at the transport level: clients
+        see a dropped connection and reconnect (to another node behind the balancer)."""
+        eio = self._sio.eio
+        if eio.sockets:
+            await eio.disconnect()
 
     def _conn(self, sid: str) -> ConnState:
         conn = self._sessions.registry.get(sid)
@@ -119,6 +129,10 @@ class SocketIOHandlers:
         conn = self._sessions.registry.get(sid)
         return {"sid": sid, "event": event, "user_id": conn.user.user_id if conn else None}
 
+    async def _ack(self, event: str, sid: str, run: Outcome) -> dict[str, Any]:
+        """Run a handler body and answer its ack (counted, and refused while draining)."""
+        return await acknowledge(event, self._context(sid, event), run, self._on_result, self._drain)
+
     async def join_room(self, sid: str, data: Any = None) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
             payload = load(JoinRoomIn(), data)
@@ -126,14 +140,14 @@ class SocketIOHandlers:
             token_user = self._verifier.verify(payload["user_token"]) if payload["user_token"] else None
             return await self._sessions.join(conn, payload["room_id"], since_seq=payload["since_seq"], token_user=token_user)
 
-        return await acknowledge("join_room", self._context(sid, "join_room"), run, self._on_result)
+        return await self._ack("join_room", sid, run)
 
     async def leave_room(self, sid: str, data: Any = None) -> dict[str, Any]:
         async def run() -> None:
             payload = load(LeaveRoomIn(), data)
             await self._sessions.leave(self._conn(sid), payload["room_id"])
 
-        return await acknowledge("leave_room", self._context(sid, "leave_room"), run, self._on_result)
+        return await self._ack("leave_room", sid, run)
 
     async def send_message(self, sid: str, data: Any = None) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
@@ -148,14 +162,14 @@ class SocketIOHandlers:
             )
             return {"message": message.to_dict()}
 
-        return await acknowledge("send_message", self._context(sid, "send_message"), run, self._on_result)
+        return await self._ack("send_message", sid, run)
 
     async def typing(self, sid: str, data: Any = None) -> dict[str, Any]:
         async def run() -> None:
             payload = load(TypingIn(), data)
             await self._sessions.typing(self._conn(sid), payload["room_id"], payload["is_typing"])
 
-        return await acknowledge("typing", self._context(sid, "typing"), run, self._on_result)
+        return await self._ack("typing", sid, run)
 
     async def react(self, sid: str, data: Any = None) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
@@ -163,11 +177,11 @@ class SocketIOHandlers:
             change = await self._sessions.react(self._conn(sid), payload["message_id"], payload["reaction"], remove=payload["remove"])
             return {"reactions": change.reactions, "action": change.action}
 
-        return await acknowledge("react", self._context(sid, "react"), run, self._on_result)
+        return await self._ack("react", sid, run)
 
     async def unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         async def run() -> None:
             raise ValidationFailed(f"Unknown event {event!r}", details={"event": [f"Unknown event {event!r}."]})
 
-        return await acknowledge(event, self._context(sid, event), run, self._on_result)
+        return await self._ack(event, sid, run)
 
