@@ -27,6 +27,7 @@ from .realtime.manager import LocalDeliveryHook, LocalManager, RedisManager
 from .realtime.room_stats import Gate, MemoryGate, RedisGate, RoomStatsCoalescer
 from .realtime.sessions import ChatSessions, LivePolicy
 from .realtime.socketio_handlers import SocketIOHandlers
+from .realtime.ws_handler import setup_ws
 from .rest.health import HealthApi
 from .rest.middleware import VERIFIER_KEY, auth_middleware, error_middleware, validation_error_callback
 from .rest.rooms import RoomsApi
@@ -126,6 +127,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     )
     reactions = ReactionService(ReactionStore(db), messages, broadcaster, names=settings.reaction_names)
     registry = ConnectionRegistry(node_id)
+    sio.manager.local_sids_of = registry.sids_of  # expands "every connection of a user" skips
     sessions = ChatSessions(
         rooms=rooms, messages=messages, reactions=reactions, presence=presence, broadcaster=broadcaster, registry=registry,
         policy=LivePolicy(typing_throttle_s=settings.typing_throttle_s, typing_ttl_s=settings.typing_ttl_s,
@@ -148,6 +150,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
 
     sio.attach(app, socketio_path="socket.io")
     RoomsApi(rooms, messages, presence).add_routes(app)
+    setup_ws(app, sio, sessions, verifier, default_room=settings.default_room, count_online=presence.count,
+             allowed_origins=settings.cors_allowed_origins, on_result=metrics.count_event,
+             connections_gauge=metrics.connections.labels(transport="ws"), drain=drain, drain_timeout_s=settings.shutdown_timeout_s / 2)
 
     async def redis_ok() -> bool:
         assert redis is not None

@@ -14,6 +14,7 @@ from typing import Any
 import socketio
 
 from ..domain import Message
+from .manager import skip_user
 from .room_stats import RoomStatsCoalescer
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,10 @@ class Broadcaster:
         await self._emit("user_left", payload, to=room_channel(room_id))
         self.room_activity(room_id)
 
-    async def user_typing(self, room_id: str, user: dict[str, Any], is_typing: bool, skip_sids: list[str]) -> None:
+    async def user_typing(self, room_id: str, user: dict[str, Any], is_typing: bool) -> None:
+        """To the room except every connection of the typist (all tabs, all nodes)."""
         payload = {"room_id": room_id, "user_id": user["user_id"], "username": user["username"], "is_typing": is_typing}
-        await self._emit("user_typing", payload, to=room_channel(room_id), skip_sid=skip_sids or None)
+        await self._emit("user_typing", payload, to=room_channel(room_id), skip_sid=[skip_user(user["user_id"])])
 
     async def room_stats(self, room_id: str, stats: dict[str, Any]) -> None:
         await self._emit("room_stats", {"room_id": room_id, **stats}, to=room_channel(room_id))

@@ -43,18 +43,27 @@ class ConnectionRegistry:
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self._by_sid: dict[str, ConnState] = {}
+        self._by_user: dict[str, set[str]] = {}
 
     def conn_id(self, sid: str) -> str:
         return f"{self.node_id}:{sid}"
 
     def add(self, conn: ConnState) -> None:
         self._by_sid[conn.sid] = conn
+        self._by_user.setdefault(conn.user.user_id, set()).add(conn.sid)
 
     def get(self, sid: str) -> ConnState | None:
         return self._by_sid.get(sid)
 
     def remove(self, sid: str) -> ConnState | None:
-        return self._by_sid.pop(sid, None)
+        conn = self._by_sid.pop(sid, None)
+        if conn is not None:
+            sids = self._by_user.get(conn.user.user_id)
+            if sids is not None:
+                sids.discard(sid)
+                if not sids:
+                    del self._by_user[conn.user.user_id]
+        return conn
 
     def __len__(self) -> int:
         return len(self._by_sid)
@@ -63,7 +72,8 @@ class ConnectionRegistry:
         return iter(list(self._by_sid.values()))
 
     def sids_of(self, user_id: str) -> list[str]:
-        return [c.sid for c in self._by_sid.values() if c.user.user_id == user_id]
+        """This node's connection ids of ``user_id`` (all transports)."""
+        return list(self._by_user.get(user_id, ()))
 
     def presence_entries(self) -> list[Connection]:
         """Every (room, user, connection) this node holds, for the presence heartbeat."""

@@ -9,12 +9,33 @@ WebSocket endpoint), so both kinds of client share one bus and one ordering.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import socketio
 
 log = logging.getLogger(__name__)
+
+
+#: A ``skip_sid`` entry of this form stands for every connection of a user, on every
+#: node: each node expands it into that user's local sids at delivery time (sids of
+#: other nodes are unknown where the event is emitted).
+SKIP_USER_PREFIX = "~user:"
+
+
+def skip_user(user_id: str) -> str:
+    return SKIP_USER_PREFIX + user_id
+
+
+def skipped_users(skip_sid: Any) -> list[str]:
+    """User ids named by ``skip_user`` markers in a ``skip_sid`` value."""
+    if isinstance(skip_sid, str):
+        skip_sid = [skip_sid]
+    if not isinstance(skip_sid, list):
+        return []
+    return [s[len(SKIP_USER_PREFIX):] for s in skip_sid if isinstance(s, str) and s.startswith(SKIP_USER_PREFIX)]
 
 
 class LocalListener(Protocol):
@@ -28,11 +49,19 @@ class LocalDeliveryHook(socketio.AsyncManager):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.local_listeners: list[LocalListener] = []
+        # user id -> this node's Socket.IO sids of that user (set by the composition root)
+        self.local_sids_of: Callable[[str], list[str]] = lambda user_id: []
 
     async def emit(self, event: str, data: Any, namespace: str | None = None, room: Any = None, skip_sid: Any = None,
                    callback: Any = None, to: Any = None, **kwargs: Any) -> None:
         target = to or room
-        await super().emit(event, data, namespace=namespace, room=target, skip_sid=skip_sid, callback=callback, **kwargs)
+        users = skipped_users(skip_sid)
+        local_skip = skip_sid
+        if users:
+            local_skip = [s for s in skip_sid if not s.startswith(SKIP_USER_PREFIX)] if isinstance(skip_sid, list) else []
+            for user_id in users:
+                local_skip.extend(self.local_sids_of(user_id))
+        await super().emit(event, data, namespace=namespace, room=target, skip_sid=local_skip or None, callback=callback, **kwargs)
         if (namespace or "/") != "/" or not isinstance(target, str):
             return
         for listener in self.local_listeners:
@@ -52,3 +81,32 @@ class RedisManager(socketio.AsyncRedisManager, LocalDeliveryHook):
     MRO: RedisManager → AsyncRedisManager → AsyncPubSubManager → LocalDeliveryHook →
     AsyncManager, so the pub/sub layer's local ``super().emit`` lands in the hook.
     """
+
+    #: Longest wait between attempts to resubscribe after Redis went away.  The library
+    #: doubles up to 60 s, which after a long outage leaves nodes deaf for up to a
+    #: minute after Redis is back; chat wants cross-node delivery back within seconds.
+    max_retry_sleep_s = 2.0
+
+    def __init__(self, url: str, channel: str) -> None:
+        super().__init__(url, channel=channel, redis_options={"socket_connect_timeout": 2.0, "health_check_interval": 10})
+        self.subscribed = False
+
+    async def _redis_listen_with_retries(self) -> Any:  # pragma: no cover - exercised by the outage tests
+        retry_sleep = 0.25
+        subscribed = False
+        while True:
+            try:
+                if not subscribed:
+                    self._redis_connect()
+                    await self.pubsub.subscribe(self.channel)
+                    subscribed = self.subscribed = True
+                    if retry_sleep > 0.25:
+                        log.warning("Socket.IO fan-out: resubscribed to Redis channel %s", self.channel)
+                    retry_sleep = 0.25
+                async for message in self.pubsub.listen():
+                    yield message
+            except Exception as exc:
+                subscribed = self.subscribed = False
+                log.error("Socket.IO fan-out: Redis subscription lost (%s); retrying in %.2fs", exc, retry_sleep)
+                await asyncio.sleep(retry_sleep)
+                retry_sleep = min(retry_sleep * 2, self.max_retry_sleep_s)

@@ -181,7 +181,7 @@ class ChatSessions:
         state.active = True
         state.sent_at = now
         if not await self._is_big(room_id):
-            await self._broadcaster.user_typing(room_id, conn.user.public(), True, [conn.sid])
+            await self._broadcaster.user_typing(room_id, conn.user.public(), True)
 
     def _expire_typing(self, conn: ConnState, room_id: str) -> None:
         task = asyncio.get_running_loop().create_task(self._stop_typing(conn, room_id))
@@ -196,7 +196,7 @@ class ChatSessions:
         if state.timer is not None:
             state.timer.cancel()
         if state.active and not await self._is_big(room_id):
-            await self._broadcaster.user_typing(room_id, conn.user.public(), False, [conn.sid])
+            await self._broadcaster.user_typing(room_id, conn.user.public(), False)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -1,0 +1,163 @@
+"""services.content.render: what is stored as `content` and `content_html`."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import pytest
+
+from chat_server.services.content import render
+
+
+class Anchors(HTMLParser):
+    """Collects every tag of a fragment, so tests look at structure, not at strings."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.feed(fragment)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    @property
+    def anchors(self) -> list[dict[str, str | None]]:
+        return [attrs for tag, attrs in self.tags if tag == "a"]
+
+    @property
+    def plain(self) -> str:
+        return "".join(self.text)
+
+
+def test_markup_is_stripped():
+    r = render("<b>hi</b>")
+    assert r.content == "hi"
+    assert r.content_html == "hi"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "<script>alert(1)</script>",
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "&amp;lt;script&amp;gt;alert(1)&amp;lt;/script&amp;gt;",
+        "<img src=x onerror=alert(1)>",
+        "<svg onload=alert(1)>",
+        "<iframe src='https://evil.example'></iframe>",
+        "<<script>script>alert(1)<</script>/script>",
+    ],
+)
+def test_script_is_inert(raw):
+    r = render(raw)
+    parsed = Anchors(r.content_html or "")
+    # No element at all in the HTML form: nothing can execute.
+    assert parsed.tags == []
+    assert "<" not in (r.content_html or "")
+    for needle in ("<script", "onerror=", "onload=", "<img", "<iframe", "<svg"):
+        assert needle not in r.content.lower()
+
+
+def test_script_text_content():
+    assert render("<script>alert(1)</script>").content == "alert(1)"
+
+
+def test_entities_decoded_in_content_and_escaped_in_html():
+    r = render("Tom &amp; Jerry &lt;3 &quot;cheese&quot;")
+    assert r.content == 'Tom & Jerry <3 "cheese"'
+    assert r.content_html is not None
+    assert "<3" not in r.content_html
+    assert "&lt;3" in r.content_html
+    assert "&amp;" in r.content_html
+    assert Anchors(r.content_html).tags == []
+    assert Anchors(r.content_html).plain == r.content
+
+
+def test_plain_comparison_characters_survive():
+    r = render("5 < 6 & 7 > 2")
+    assert r.content == "5 < 6 & 7 > 2"
+    assert r.content_html == "5 &lt; 6 &amp; 7 &gt; 2"
+
+
+def test_links_become_safe_anchors():
+    r = render("see https://example.com/x?a=1&b=2 now")
+    assert r.content == "see https://example.com/x?a=1&b=2 now"
+    parsed = Anchors(r.content_html or "")
+    assert len(parsed.anchors) == 1
+    anchor = parsed.anchors[0]
+    assert anchor["href"] == "https://example.com/x?a=1&b=2"
+    assert set((anchor["rel"] or "").split()) == {"nofollow", "noopener"}
+    assert parsed.plain == r.content
+
+
+def test_bare_domain_link():
+    parsed = Anchors(render("visit www.example.com").content_html or "")
+    assert [a["href"] for a in parsed.anchors] == ["http://www.example.com"]
+    assert "nofollow" in (parsed.anchors[0]["rel"] or "")
+
+
+def test_link_cannot_break_out_of_attribute():
+    r = render('http://x.com/"onmouseover=alert(1)')
+    parsed = Anchors(r.content_html or "")
+    assert [tag for tag, _ in parsed.tags] == ["a"]
+    for _tag, attrs in parsed.tags:
+        assert set(attrs) <= {"href", "rel", "target"}, attrs
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "javascript:alert(1)",
+        "JaVaScRiPt:alert(document.cookie)",
+        '<a href="javascript:alert(1)">click</a>',
+        "click javascript:alert(document.cookie)//example.com",
+        "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+        "java\u200bscript:alert(1)",
+    ],
+)
+def test_javascript_links_never_become_anchors(raw):
+    r = render(raw)
+    for anchor in Anchors(r.content_html or "").anchors:
+        href = (anchor["href"] or "").strip().lower()
+        assert href.startswith(("http://", "https://", "mailto:")), anchor
+
+
+def test_markup_anchor_keeps_only_text():
+    r = render('<a href="https://ok.example">ok</a>')
+    assert r.content == "ok"
+
+
+def test_zero_width_and_bidi_characters_removed():
+    r = render("he\u200bllo \u202eworld\ufeff \u2066x\u2069 soft\u00adhyphen")
+    assert r.content == "hello world x softhyphen"
+
+
+@pytest.mark.parametrize("control", ["\x00", "\x07", "\x1b", "\x7f", "\x85", "\x9b"])
+def test_control_characters_removed(control):
+    r = render(f"a{control}b")
+    assert r.content == "ab"
+    assert r.content_html == "ab"
+
+
+def test_control_characters_from_entities_removed():
+    assert render("a&#7;b&#x200b;c").content == "abc"
+
+
+def test_only_invisible_is_empty():
+    assert render("\u200b\u200b <b></b> \x00").content == ""
+
+
+def test_whitespace_collapsed_newlines_kept():
+    r = render("  one   two\r\n\r\n\r\n\r\nthree\tfour  ")
+    assert r.content == "one two\n\nthree four"
+
+
+def test_encrypted_passthrough():
+    ciphertext = "  U2FsdGVkX1+<b>abc</b>/&amp;==  "
+    r = render(ciphertext, encrypted=True)
+    assert r.content == ciphertext.strip()  # opaque: not sanitised, not decoded
+    assert r.content_html is None

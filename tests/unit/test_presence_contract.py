@@ -1,0 +1,220 @@
+"""One contract for every PresenceStore: the in-memory one and the Redis one.
+
+The Redis variant talks to the real Redis at 127.0.0.1:6379 (``REDIS_URL`` overrides)
+under a key prefix unique to each test, removed afterwards.  Time comes from a fake
+clock, so expiry is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from chat_server.services.presence import Connection, MemoryPresenceStore, PresenceStore
+from chat_server.storage.presence_redis import RedisPresenceStore
+from tests.conftest import REDIS_URL
+
+TTL = 30.0
+ROOM = "room-1"
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def user(user_id: str) -> dict[str, Any]:
+    return {"user_id": user_id, "username": user_id.title(), "avatar": None}
+
+
+StoreFactory = Callable[[], PresenceStore]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+async def _drop_keys(client: Redis, prefix: str) -> None:
+    keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    assert [k async for k in client.scan_iter(match=f"{prefix}:*")] == []
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[tuple[Redis, str]]:
+    """A Redis client and a key prefix of this test only; its keys are removed after."""
+    client = Redis.from_url(REDIS_URL)
+    prefix = f"chattest:{uuid.uuid4().hex}"
+    try:
+        yield client, prefix
+    finally:
+        await _drop_keys(client, prefix)
+        await client.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(request, clock) -> AsyncIterator[StoreFactory]:
+    """Factory of stores that share state (several nodes of one deployment)."""
+    if request.param == "memory":
+        shared = MemoryPresenceStore(TTL, clock)
+        yield lambda: shared
+        return
+    client = Redis.from_url(REDIS_URL)
+    prefix = f"chattest:{uuid.uuid4().hex}"
+    try:
+        yield lambda: RedisPresenceStore(client, prefix=prefix, ttl_s=TTL, clock=clock)
+    finally:
+        await _drop_keys(client, prefix)
+        await client.aclose()
+
+
+@pytest.fixture
+def store(make_store) -> PresenceStore:
+    return make_store()
+
+
+async def test_first_connection_is_reported(store):
+    assert await store.add(ROOM, user("alice"), "c1") is True
+    assert await store.add(ROOM, user("alice"), "c2") is False  # second tab
+    assert await store.add(ROOM, user("bob"), "c3") is True
+
+
+async def test_adding_the_same_connection_again_is_still_first(store):
+    assert await store.add(ROOM, user("alice"), "c1") is True
+    assert await store.add(ROOM, user("alice"), "c1") is True  # a re-join of the only socket
+    assert await store.count(ROOM) == 1
+
+
+async def test_last_connection_is_reported(store):
+    await store.add(ROOM, user("alice"), "c1")
+    await store.add(ROOM, user("alice"), "c2")
+    assert await store.remove(ROOM, "alice", "c1") is False
+    assert await store.is_online(ROOM, "alice") is True
+    assert await store.remove(ROOM, "alice", "c2") is True
+    assert await store.is_online(ROOM, "alice") is False
+    assert await store.count(ROOM) == 0
+    assert await store.online(ROOM) == []
+
+
+async def test_removing_unknown_connection(store):
+    assert await store.remove(ROOM, "ghost", "nope") is False
+    await store.add(ROOM, user("alice"), "c1")
+    assert await store.remove(ROOM, "alice", "other") is False
+    assert await store.remove(ROOM, "bob", "c1") is False
+    assert await store.is_online(ROOM, "alice") is True
+    assert await store.remove(ROOM, "alice", "c1") is True
+    assert await store.remove(ROOM, "alice", "c1") is False  # twice
+
+
+async def test_online_count_is_online(store):
+    await store.add(ROOM, user("alice"), "c1")
+    await store.add(ROOM, user("alice"), "c2")
+    await store.add(ROOM, user("bob"), "c3")
+    await store.add("other-room", user("carol"), "c4")
+    assert await store.count(ROOM) == 2  # distinct users, not connections
+    online = await store.online(ROOM)
+    assert sorted(u["user_id"] for u in online) == ["alice", "bob"]
+    assert {u["user_id"]: u["username"] for u in online} == {"alice": "Alice", "bob": "Bob"}
+    assert await store.is_online(ROOM, "alice") is True
+    assert await store.is_online(ROOM, "carol") is False
+    assert await store.is_online("other-room", "carol") is True
+    assert await store.count("empty-room") == 0
+    assert await store.online("empty-room") == []
+
+
+async def test_online_limit(store):
+    for name in ("a", "b", "c", "d"):
+        await store.add(ROOM, user(name), f"conn-{name}")
+    assert len(await store.online(ROOM, limit=2)) == 2
+    assert await store.count(ROOM) == 4
+
+
+async def test_entries_expire_without_refresh(store, clock):
+    await store.add(ROOM, user("alice"), "c1")
+    clock.advance(TTL - 1)
+    assert await store.is_online(ROOM, "alice") is True
+    clock.advance(2)  # the node that held c1 died: nobody refreshed it
+    assert await store.is_online(ROOM, "alice") is False
+    assert await store.count(ROOM) == 0
+    assert await store.online(ROOM) == []
+    # Coming back is a first connection again.
+    assert await store.add(ROOM, user("alice"), "c2") is True
+
+
+async def test_refresh_keeps_entries_alive(store, clock):
+    await store.add(ROOM, user("alice"), "c1")
+    await store.add(ROOM, user("bob"), "c2")
+    for _ in range(5):  # well past the ttl in total
+        clock.advance(TTL * 0.6)
+        await store.refresh([Connection(ROOM, "alice", "c1")])
+    assert await store.is_online(ROOM, "alice") is True
+    assert await store.is_online(ROOM, "bob") is False
+    assert [u["user_id"] for u in await store.online(ROOM)] == ["alice"]
+    assert await store.count(ROOM) == 1
+    assert await store.add(ROOM, user("alice"), "c3") is False
+
+
+async def test_refresh_of_unknown_connection_does_not_make_anyone_online(store, clock):
+    await store.refresh([])
+    await store.refresh([Connection(ROOM, "ghost", "g1")])
+    assert await store.is_online(ROOM, "ghost") is False
+    assert await store.count(ROOM) == 0
+
+
+async def test_heartbeat_racing_a_disconnect_does_not_resurrect(store):
+    # The heartbeat took its list of connections just before this one went away.
+    await store.add(ROOM, user("alice"), "c1")
+    assert await store.remove(ROOM, "alice", "c1") is True
+    await store.refresh([Connection(ROOM, "alice", "c1")])
+    assert await store.is_online(ROOM, "alice") is False
+    assert await store.count(ROOM) == 0
+    assert await store.add(ROOM, user("alice"), "c2") is True  # user_joined is not lost
+
+
+async def test_dead_node_connection_does_not_keep_user(make_store, clock):
+    node_a, node_b = make_store(), make_store()
+    assert await node_a.add(ROOM, user("alice"), "on-a") is True
+    assert await node_b.add(ROOM, user("alice"), "on-b") is False
+    clock.advance(TTL * 0.8)
+    await node_b.refresh([Connection(ROOM, "alice", "on-b")])  # node A is dead, B is alive
+    clock.advance(TTL * 0.8)
+    assert await node_b.is_online(ROOM, "alice") is True
+    # B's connection is now the only live one: removing it is the last.
+    assert await node_b.remove(ROOM, "alice", "on-b") is True
+    assert await node_a.is_online(ROOM, "alice") is False
+
+
+async def test_two_redis_stores_share_state(redis_prefix, clock):
+    client, prefix = redis_prefix
+    other_client = Redis.from_url(REDIS_URL)
+    try:
+        node_a = RedisPresenceStore(client, prefix=prefix, ttl_s=TTL, clock=clock)
+        node_b = RedisPresenceStore(other_client, prefix=prefix, ttl_s=TTL, clock=clock)
+        assert await node_a.add(ROOM, user("alice"), "a1") is True
+        assert await node_b.add(ROOM, user("bob"), "b1") is True
+        # Alice's second tab landed on the other node: not a new arrival.
+        assert await node_b.add(ROOM, user("alice"), "b2") is False
+        for node in (node_a, node_b):
+            assert await node.count(ROOM) == 2
+            assert sorted(u["user_id"] for u in await node.online(ROOM)) == ["alice", "bob"]
+            assert await node.is_online(ROOM, "bob") is True
+        assert await node_a.remove(ROOM, "alice", "a1") is False
+        assert await node_b.remove(ROOM, "alice", "b2") is True
+        assert await node_a.is_online(ROOM, "alice") is False
+        # A store under another prefix (another deployment) sees nobody.
+        stranger = RedisPresenceStore(client, prefix=prefix + "-other", ttl_s=TTL, clock=clock)
+        assert await stranger.count(ROOM) == 0
+    finally:
+        await other_client.aclose()
