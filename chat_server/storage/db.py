@@ -92,9 +92,19 @@ class Database:
             await self.connect()
         assert self._pool is not None
         try:
-            async with self._pool.acquire() as conn:
+            try:
+                acquired = self._pool.acquire()
+                conn = await acquired.__aenter__()
+            except RuntimeError as exc:
+                # aiopg under uvloop: opening a connection while the server is down can
+                # trip over a closed poll handle of a previous attempt.  It is still "the
+                # database is not reachable", not a bug of the caller.
+                raise OSError(str(exc)) from exc
+            try:
                 async with conn.cursor() as cur:
                     yield cur
+            finally:
+                await acquired.__aexit__(None, None, None)
         except _CONNECTION_ERRORS as exc:
             log.warning("database call failed: %s", exc)
             raise Unavailable("database unavailable") from exc
