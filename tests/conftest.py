@@ -115,10 +115,10 @@ class SchemaViolation(AssertionError):
 class ChatClient:
     """A real ``socketio.AsyncClient`` that records events and validates each one."""
 
-    def __init__(self, url: str, token: str | None, **connect_kwargs: Any) -> None:
+    def __init__(self, url: str, token: str | None, *, client_options: dict[str, Any] | None = None, **connect_kwargs: Any) -> None:
         self.url = url
         self.token = token
-        self.sio = socketio.AsyncClient(reconnection=False)
+        self.sio = socketio.AsyncClient(**{"reconnection": False, **(client_options or {})})
         self.events: dict[str, list[Any]] = defaultdict(list)
         self.violations: list[str] = []
         self._waiters: list[tuple[str, Callable[[Any], bool], asyncio.Future[Any]]] = []

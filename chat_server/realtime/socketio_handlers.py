@@ -12,7 +12,7 @@ import socketio
 
 from ..auth import TokenVerifier, bearer_token
 from ..errors import ChatError, Unauthorized, ValidationFailed
-from ..schemas import JoinRoomIn, LeaveRoomIn, ReactIn, SendMessageIn, TypingIn, load
+from ..schemas import DeleteMessageIn, EditMessageIn, JoinRoomIn, LeaveRoomIn, ReactIn, SendMessageIn, TypingIn, load
 from .acks import Outcome, acknowledge
 from .broadcaster import room_channel, user_channel
 from .connections import ConnState
@@ -75,6 +75,9 @@ class SocketIOHandlers:
         self._on_result = on_result
 
     def register(self) -> None:
+        # Event handlers take ``*_extra``: a client that emits more than one argument
+        # (``emit("join_room", a, b, ack)``) must still get its ack, and python-socketio
+        # would otherwise fail the call with a TypeError and never answer.
         sio = self._sio
         sio.on("connect", self.connect)
         sio.on("disconnect", self.disconnect)
@@ -83,14 +86,25 @@ class SocketIOHandlers:
         sio.on("send_message", self.send_message)
         sio.on("typing", self.typing)
         sio.on("react", self.react)
+        sio.on("edit_message", self.edit_message)
+        sio.on("delete_message", self.delete_message)
         sio.on("*", self.unknown_event)
 
     async def close_all(self) -> None:
-        """Close every Socket.IO connection of this node at the transport level: clients
-        see a dropped connection and reconnect (to another node behind the balancer)."""
-        eio = self._sio.eio
-        if eio.sockets:
-            await eio.disconnect()
+        """Drop every Socket.IO connection of this node like a lost network would: clients
+        reconnect (to another node behind the balancer) and catch up by since_seq.
+
+        An Engine.IO CLOSE packet would read as "the server hung up on purpose", and
+        python-socketio clients do not reconnect after that; closing the transport does
+        make every stock client reconnect.
+        """
+        for socket in list(self._sio.eio.sockets.values()):
+            try:
+                await socket.close(wait=False, abort=True)  # runs our disconnect cleanup
+                socket.queue.put_nowait(None)  # the WebSocket writer closes the socket
+            except Exception:
+                log.exception("closing connection %s failed", getattr(socket, "sid", "?"))
+        self._sio.eio.sockets.clear()
 
     def _conn(self, sid: str) -> ConnState:
         conn = self._sessions.registry.get(sid)
@@ -133,7 +147,7 @@ class SocketIOHandlers:
         """Run a handler body and answer its ack (counted, and refused while draining)."""
         return await acknowledge(event, self._context(sid, event), run, self._on_result, self._drain)
 
-    async def join_room(self, sid: str, data: Any = None) -> dict[str, Any]:
+    async def join_room(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
             payload = load(JoinRoomIn(), data)
             conn = self._conn(sid)
@@ -142,14 +156,14 @@ class SocketIOHandlers:
 
         return await self._ack("join_room", sid, run)
 
-    async def leave_room(self, sid: str, data: Any = None) -> dict[str, Any]:
+    async def leave_room(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> None:
             payload = load(LeaveRoomIn(), data)
             await self._sessions.leave(self._conn(sid), payload["room_id"])
 
         return await self._ack("leave_room", sid, run)
 
-    async def send_message(self, sid: str, data: Any = None) -> dict[str, Any]:
+    async def send_message(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
             payload = load(SendMessageIn(), data)
             message = await self._sessions.send(
@@ -164,20 +178,35 @@ class SocketIOHandlers:
 
         return await self._ack("send_message", sid, run)
 
-    async def typing(self, sid: str, data: Any = None) -> dict[str, Any]:
+    async def typing(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> None:
             payload = load(TypingIn(), data)
             await self._sessions.typing(self._conn(sid), payload["room_id"], payload["is_typing"])
 
         return await self._ack("typing", sid, run)
 
-    async def react(self, sid: str, data: Any = None) -> dict[str, Any]:
+    async def react(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
             payload = load(ReactIn(), data)
             change = await self._sessions.react(self._conn(sid), payload["message_id"], payload["reaction"], remove=payload["remove"])
             return {"reactions": change.reactions, "action": change.action}
 
         return await self._ack("react", sid, run)
+
+    async def edit_message(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            payload = load(EditMessageIn(), data)
+            message = await self._sessions.edit_message(self._conn(sid), payload["message_id"], payload["content"])
+            return {"message": message.to_dict()}
+
+        return await self._ack("edit_message", sid, run)
+
+    async def delete_message(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
+        async def run() -> None:
+            payload = load(DeleteMessageIn(), data)
+            await self._sessions.delete_message(self._conn(sid), payload["message_id"])
+
+        return await self._ack("delete_message", sid, run)
 
     async def unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         async def run() -> None:

@@ -167,7 +167,12 @@ async def test_embedded_mode_end_to_end(data_dir):
 
         status, body = await get_json(first.url + "/healthz")
         assert status == 200, body
-        status, body = await get_json(first.url + "/readyz")
+        # Ready once the schema is migrated (done in the background after listening).
+        for _ in range(100):
+            status, body = await get_json(first.url + "/readyz")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
         assert status == 200, body
         assert body["checks"]["postgres"] == "ok"  # type: ignore[index]
 

@@ -100,9 +100,9 @@ async def _ready(url: str) -> bool:
 
 async def test_node_started_with_postgres_down_waits_then_serves(private_postgres, spawn_server):
     private_postgres.stop()
-    from tests.conftest import ServerProcess, free_port
-
     import os
+
+    from tests.conftest import ServerProcess, free_port
 
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update({"DATABASE_URL": private_postgres.url, "JWT_SECRET": "x" * 40, "APP_ENV": "test", "LOG_LEVEL": "INFO"})
