@@ -106,7 +106,6 @@ async def test_three_nodes_behind_nginx(spawn_server, database_url):
             client = _client(nginx.url, f"user{i}", source, transport)
             await client.connect()
             clients.append(client)
-            rejoin_since: dict[str, int] = {}
 
             def on_connect(client: ChatClient = client) -> Any:
                 # What a real client does on every (re)connect: join with since_seq.
