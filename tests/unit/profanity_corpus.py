@@ -29,11 +29,12 @@ MULTI_WORDS: tuple[str, ...] = tuple(w for w in LISTED_WORDS if not w.isalnum())
 CHARS_MAPPING: dict[str, tuple[str, ...]] = dict(_reference.CHARS_MAPPING)
 
 # Words that contain listed words and must come through unchanged.
-EMBEDDED_CLEAN: tuple[str, ...] = (
-    "assassin", "classic", "passage", "grasshopper", "bass", "scunthorpe", "cocktail",
-    "shitake", "analysis", "therapist", "assume", "butterfly", "hello", "shell", "cumulative",
-    "document", "titles", "dickens", "sussex", "penistone", "arsenal", "spice", "hancock",
-    "raccoon", "cockpit", "pushover", "sextant", "middlesex", "essex", "circumstances",
+EMBEDDED_CLEAN: tuple[str, ...] = tuple(
+    """
+    assassin classic passage grasshopper bass scunthorpe cocktail shitake analysis therapist
+    assume butterfly hello shell cumulative document titles dickens sussex penistone arsenal
+    spice hancock raccoon cockpit pushover sextant middlesex essex circumstances
+    """.split()
 )
 
 CHAT_VOCABULARY: tuple[str, ...] = tuple(
@@ -55,7 +56,7 @@ UNICODE_WORDS: tuple[str, ...] = (
     "café", "naïve", "Straße", "İstanbul", "ΣΟΦΙΑ", "σοφία", "Москва", "привет", "日本語",
     "中文", "한국어", "مرحبا", "שלום", "हिन्दी", "ǅemal", "ﬁsh", "Ｆｕｌｌｗｉｄｔｈ", "e\u0301",
     "Ω", "ß", "\u212a", "naïveté", "Ελλάδα", "ΟΔΟΣ",
-)
+)  # fmt: skip
 EMOJI: tuple[str, ...] = ("😀", "🔥", "👍", "😂", "🎮", "❤️", "🤬", "👀", "🇫🇷", "👨‍👩‍👧", "💯", "🙏🏽")
 NUMBERS: tuple[str, ...] = ("0", "1", "7", "42", "100", "2024", "3.14", "1,000", "#1", "10%", "$5", "@2", "4ever", "l33t", "1st")
 SEPARATORS: tuple[str, ...] = (" ", " ", " ", " ", "  ", ", ", ". ", "! ", "? ", "\n", "\t", " - ", "...", " / ", " | ")
@@ -63,7 +64,7 @@ GLUE: tuple[str, ...] = (
     ".", ",", "!", "?", "!!", "?!", "...", ":", ";", "-", "_", "(", ")", "[", "]", "<", ">",
     "#", "%", "&", "+", "=", "~", "^", "/", "\\", "`", "'", '"', "*", "@", "$", "“", "”", "…",
     "\u200b", "中", "😀",
-)
+)  # fmt: skip
 WORD_SPLITTERS: tuple[str, ...] = (" ", "-", "_", ".", "+", " . ", "!", "  ", "/")
 
 
