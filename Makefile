@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+NPM    ?= npm
+# npm ci writes node_modules/.package-lock.json; its postinstall copies the
+# socket.io-client bundle into chat_server/web/vendor/ for the demo page.
+NPM_STAMP = node_modules/.package-lock.json
 
 .PHONY: install run test migrate lint token clean
 
@@ -13,7 +17,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+$(NPM_STAMP): package.json package-lock.json
+	@if command -v $(NPM) >/dev/null 2>&1; then \
+	  $(NPM) ci --no-audit --no-fund --loglevel=error; \
+	else \
+	  echo "warning: npm not found: the demo page needs socket.io-client from npm, and the JavaScript and browser tests need Node.js" >&2; \
+	fi
+
+install: $(STAMP) $(NPM_STAMP)
 
 run: install
 	$(BIN)/chat-server run
@@ -32,4 +43,4 @@ token: install
 	@$(BIN)/chat-server token --sub $${SUB:-alice} --name $${NAME:-Alice} --role $${ROLE:-user}
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache node_modules chat_server/web/vendor

@@ -85,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"Chat server listening on {url}  (bound to {settings.host}:{settings.port})", flush=True)
             print(f"Mode: {settings.mode}; environment: {settings.environment}", flush=True)
             print(f"API docs: {url}/api/chats/docs  ·  Socket.IO: {url}/socket.io/  ·  health: {url}/healthz", flush=True)
+            print(f"Demo page: {url}/  ·  embeddable chat panel: {url}/embed/<room_id>", flush=True)
 
         web.run_app(app, host=settings.host, port=settings.port, print=announce, access_log=None,
                     shutdown_timeout=settings.shutdown_timeout_s, handle_signals=True)

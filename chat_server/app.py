@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp_apigami import setup_aiohttp_apispec, validation_middleware
 from redis.asyncio import Redis
 
-from .auth import TokenVerifier
+from .auth import TokenIssuer, TokenVerifier
 from .config import Settings
 from .metrics import Metrics
 from .migrate import apply_migrations
@@ -24,21 +24,33 @@ from .realtime.broadcaster import Broadcaster
 from .realtime.connections import ConnectionRegistry
 from .realtime.drain import Drain
 from .realtime.manager import LocalDeliveryHook, LocalManager, RedisManager
+from .realtime.moderation_relay import LiveModeration
 from .realtime.room_stats import Gate, MemoryGate, RedisGate, RoomStatsCoalescer
 from .realtime.sessions import ChatSessions, LivePolicy
 from .realtime.socketio_handlers import SocketIOHandlers
 from .realtime.ws_handler import setup_ws
+from .rest.dev_auth import DevTokenApi
 from .rest.health import HealthApi
 from .rest.middleware import VERIFIER_KEY, auth_middleware, error_middleware, validation_error_callback
+from .rest.moderation import ModerationApi
+from .rest.pages import PagesApi
+from .rest.ratelimit import RestLimits, rest_rate_limit_middleware
 from .rest.rooms import RoomsApi
 from .services.messages import MessageLimits, MessageService
+from .services.moderation import BanChecks, ModerationService
+from .services.policy import GuardPolicy, MessageGuard
 from .services.presence import MemoryPresenceStore, PresenceStore
+from .services.ratelimit import AddressPolicy, MemoryRateLimitStore, RateLimitStore
 from .services.reactions import ReactionService
 from .services.rooms import RoomPolicy, RoomService
+from .services.spam import MemoryRecentStore, RecentStore, SpamDetector, SpamRules
 from .storage.db import Database
 from .storage.messages import MessageStore
+from .storage.moderation import ModerationStore
 from .storage.presence_redis import RedisPresenceStore
+from .storage.ratelimit_redis import FailSoftRateLimitStore, RedisRateLimitStore
 from .storage.reactions import ReactionStore
+from .storage.recent_redis import FailSoftRecentStore, RedisRecentStore
 from .storage.resilient import FailSoftPresence
 from .storage.rooms import RoomStore
 
@@ -62,6 +74,9 @@ class Components:
     broadcaster: Broadcaster
     metrics: Metrics
     node_id: str
+    guard: MessageGuard | None = None
+    limiter: RateLimitStore | None = None
+    moderation: ModerationService | None = None
 
 
 COMPONENTS_KEY = web.AppKey("components", Components)
@@ -93,9 +108,15 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
             MemoryPresenceStore(settings.presence_ttl_s, clock),
         )
         gate = RedisGate(redis, settings.redis_prefix)
+        # Limits take Redis's clock (one clock for every node) unless a clock was injected.
+        limiter: RateLimitStore = FailSoftRateLimitStore(
+            RedisRateLimitStore(redis, prefix=settings.redis_prefix, clock=None if clock is time.time else clock), MemoryRateLimitStore(clock))
+        recent: RecentStore = FailSoftRecentStore(RedisRecentStore(redis, prefix=settings.redis_prefix, clock=clock), MemoryRecentStore(clock))
     else:
         presence = MemoryPresenceStore(settings.presence_ttl_s, clock)
         gate = MemoryGate()
+        limiter = MemoryRateLimitStore(clock)
+        recent = MemoryRecentStore(clock)
 
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
@@ -112,27 +133,50 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     )
 
     room_store = RoomStore(db)
-    rooms = RoomService(room_store, presence, RoomPolicy(default_room=settings.default_room, auto_create_rooms=settings.auto_create_rooms))
 
     async def stats_of(room_id: str) -> dict[str, Any]:
         return {"online_users": await presence.count(room_id), "message_count": await room_store.message_count(room_id)}
 
     stats = RoomStatsCoalescer(gate, stats_of, interval_s=settings.room_stats_interval_s)
     broadcaster = Broadcaster(sio, stats)
+    rooms = RoomService(room_store, presence, RoomPolicy(default_room=settings.default_room, auto_create_rooms=settings.auto_create_rooms),
+                        events=broadcaster)
+    message_store = MessageStore(db)
+    addresses = AddressPolicy(settings.rate_limit_ip_exempt)
+    guard = MessageGuard(
+        limiter=limiter, recent=recent, moderators=rooms, replayed=message_store.by_client_msg_id, addresses=addresses,
+        spam=SpamDetector(SpamRules(max_links=settings.spam_max_links, max_repeated_chars=settings.spam_max_repeated_chars,
+                                    duplicate_window_ms=settings.spam_duplicate_window_ms, max_repeats=settings.spam_max_repeats,
+                                    similarity=settings.spam_similarity), recent),
+        policy=GuardPolicy(rate_window_ms=settings.rate_limit_window_ms, rate_max_per_user=settings.rate_limit_max_messages,
+                           rate_max_per_ip=settings.chat_ip_limit, moderation=settings.enable_moderation,
+                           profanity=settings.enable_profanity_filter, spam=settings.enable_spam_detection,
+                           unique_window_ms=settings.unique_chat_window_ms, unique_history=settings.unique_chat_history),
+    )
+    moderation_store = ModerationStore(db)
+    bans = BanChecks(moderation_store, clock=clock)
     messages = MessageService(
-        MessageStore(db), rooms, broadcaster,
+        message_store, rooms, broadcaster,
         MessageLimits(max_length=settings.max_message_length, history_limit=settings.message_history_limit,
                       max_mentions=settings.max_mentions),
-        mentions=room_store,
+        mentions=room_store, guard=guard, bans=bans,
     )
-    reactions = ReactionService(ReactionStore(db), messages, broadcaster, names=settings.reaction_names)
+    moderation = ModerationService(moderation_store, bans, rooms, room_store, messages, broadcaster, guard=guard)
+    rooms.audited_update = moderation.update_room  # PATCH /api/rooms: mode changes audited in the same transaction
+    reactions = ReactionService(ReactionStore(db), messages, broadcaster, names=settings.reaction_names, guard=guard)
     registry = ConnectionRegistry(node_id)
     sio.manager.local_sids_of = registry.sids_of  # expands "every connection of a user" skips
+    # Node-local moderation: ban removal, ban-cache invalidation and block filtering,
+    # run by the manager before every local delivery (realtime/moderation_relay.py).
+    live_moderation = LiveModeration(moderation, bans, registry)
+    sio.manager.local_filters.append(live_moderation)
     sessions = ChatSessions(
         rooms=rooms, messages=messages, reactions=reactions, presence=presence, broadcaster=broadcaster, registry=registry,
         policy=LivePolicy(typing_throttle_s=settings.typing_throttle_s, typing_ttl_s=settings.typing_ttl_s,
                           big_room_threshold=settings.big_room_threshold),
+        moderation=live_moderation,
     )
+    live_moderation.bind(sessions)
     verifier = TokenVerifier(settings)
     drain = Drain()
     socketio_handlers = SocketIOHandlers(
@@ -143,13 +187,21 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     )
     socketio_handlers.register()
 
-    app = web.Application(client_max_size=MAX_HTTP_BODY, middlewares=[error_middleware, auth_middleware, validation_middleware])
+    app = web.Application(client_max_size=MAX_HTTP_BODY, middlewares=[
+        error_middleware, auth_middleware,
+        rest_rate_limit_middleware(limiter, RestLimits(settings.rest_rate_limit_window_ms, settings.rest_rate_limit_max_requests, settings.rest_ip_limit),
+                                   addresses),
+        validation_middleware])
     app[VERIFIER_KEY] = verifier
-    components = Components(settings, db, redis, sio, rooms, messages, presence, sessions, broadcaster, metrics, node_id)
+    components = Components(settings, db, redis, sio, rooms, messages, presence, sessions, broadcaster, metrics, node_id, guard, limiter, moderation)
     app[COMPONENTS_KEY] = components
 
     sio.attach(app, socketio_path="socket.io")
     RoomsApi(rooms, messages, presence).add_routes(app)
+    PagesApi().add_routes(app)  # demo page /, /embed/{room_id}, /static/
+    if not settings.is_production and settings.jwt_algorithm == "HS256":
+        DevTokenApi(TokenIssuer(settings)).add_routes(app)  # development sign-in, never in production
+    ModerationApi(moderation).add_routes(app)
     setup_ws(app, sio, sessions, verifier, default_room=settings.default_room, count_online=presence.count,
              allowed_origins=settings.cors_allowed_origins, on_result=metrics.count_event,
              connections_gauge=metrics.connections.labels(transport="ws"), drain=drain, drain_timeout_s=settings.shutdown_timeout_s / 2)

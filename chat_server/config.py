@@ -60,6 +60,28 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1:
+        raise ValueError(raw)
+    return value
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    if raw.strip().lower() == "none":
+        return ()
+    import ipaddress
+
+    return tuple(str(ipaddress.ip_network(n.strip(), strict=False)) for n in raw.split(",") if n.strip())
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -141,6 +163,36 @@ class Settings:
     big_room_threshold: int = 1000
     max_mentions: int = 10
     reaction_names: tuple[str, ...] = ("like", "love", "laugh", "wow", "sad", "angry", "fire", "clap")
+    # Moderation limits (services/policy.py, rest/ratelimit.py).  A per-IP limit of None
+    # means 4x the per-user one (several users may share an address); 0 turns it off.
+    rate_limit_ip_max_messages: int | None = None
+    # Addresses that get no per-IP limit (a proxy or container network in front of the
+    # service makes every client look like one of these).
+    rate_limit_ip_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+    rest_rate_limit_window_ms: int = 60_000
+    rest_rate_limit_max_requests: int = 60
+    rest_rate_limit_ip_max_requests: int | None = None
+    spam_max_links: int = 3
+    spam_max_repeated_chars: int = 20
+    spam_duplicate_window_ms: int = 60_000
+    spam_max_repeats: int = 2
+    spam_similarity: float = 0.9
+    unique_chat_window_ms: int = 300_000
+    unique_chat_history: int = 100
+
+    @property
+    def chat_ip_limit(self) -> int:
+        """Messages (and, separately, reactions) per window from one IP; 0 = no limit."""
+        if self.rate_limit_ip_max_messages is None:
+            return 4 * self.rate_limit_max_messages
+        return self.rate_limit_ip_max_messages
+
+    @property
+    def rest_ip_limit(self) -> int:
+        """REST writes per window from one IP; 0 = no limit."""
+        if self.rest_rate_limit_ip_max_requests is None:
+            return 4 * self.rest_rate_limit_max_requests
+        return self.rest_rate_limit_ip_max_requests
 
     @property
     def is_production(self) -> bool:
@@ -255,4 +307,16 @@ class Settings:
             big_room_threshold=_parse(env, ("BIG_ROOM_THRESHOLD",), 1000, _positive_int, "a positive integer"),
             max_mentions=_parse(env, ("MAX_MENTIONS",), 10, _positive_int, "a positive integer"),
             reaction_names=_parse(env, ("REACTION_NAMES",), ("like", "love", "laugh", "wow", "sad", "angry", "fire", "clap"), _names, "a comma-separated list of names"),
+            rate_limit_ip_max_messages=_parse(env, ("RATE_LIMIT_IP_MAX_MESSAGES",), None, _non_negative_int, "a non-negative integer (0: no per-IP limit)"),
+            rate_limit_ip_exempt=_parse(env, ("RATE_LIMIT_IP_EXEMPT",), cls.rate_limit_ip_exempt, _networks, "comma-separated networks (CIDR) or none"),
+            rest_rate_limit_window_ms=_parse(env, ("REST_RATE_LIMIT_WINDOW_MS",), 60_000, _positive_int, "a positive number of milliseconds"),
+            rest_rate_limit_max_requests=_parse(env, ("REST_RATE_LIMIT_MAX_REQUESTS",), 60, _positive_int, "a positive integer"),
+            rest_rate_limit_ip_max_requests=_parse(env, ("REST_RATE_LIMIT_IP_MAX_REQUESTS",), None, _non_negative_int, "a non-negative integer (0: no per-IP limit)"),
+            spam_max_links=_parse(env, ("SPAM_MAX_LINKS",), 3, _non_negative_int, "a non-negative integer"),
+            spam_max_repeated_chars=_parse(env, ("SPAM_MAX_REPEATED_CHARS",), 20, _positive_int, "a positive integer"),
+            spam_duplicate_window_ms=_parse(env, ("SPAM_DUPLICATE_WINDOW_MS",), 60_000, _positive_int, "a positive number of milliseconds"),
+            spam_max_repeats=_parse(env, ("SPAM_MAX_REPEATS",), 2, _positive_int, "a positive integer"),
+            spam_similarity=_parse(env, ("SPAM_SIMILARITY",), 0.9, _fraction, "a number above 0 and at most 1"),
+            unique_chat_window_ms=_parse(env, ("UNIQUE_CHAT_WINDOW_MS",), 300_000, _positive_int, "a positive number of milliseconds"),
+            unique_chat_history=_parse(env, ("UNIQUE_CHAT_HISTORY",), 100, _positive_int, "a positive integer"),
         )

@@ -148,3 +148,148 @@ class NewMessage:
 class HistoryPage:
     messages: list[Message]
     has_more: bool
+
+
+# --- moderation -------------------------------------------------------------------------
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+@dataclass(frozen=True)
+class Ban:
+    """A room ban (``room_id``) or a global one (``room_id is None``); a timeout is a ban
+    with ``expires_at``.  A shadow ban hides the user's messages from everyone else."""
+
+    id: int
+    room_id: str | None
+    user_id: str
+    reason: str | None
+    shadow: bool
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    lifted_at: datetime | None = None
+    lifted_by: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "timeout" if self.expires_at is not None else "ban"
+
+    def active_at(self, now: datetime) -> bool:
+        return self.lifted_at is None and (self.expires_at is None or _as_utc(self.expires_at) > now)
+
+    def retry_after_ms(self, now: datetime) -> int | None:
+        if self.expires_at is None:
+            return None
+        return max(1, int((_as_utc(self.expires_at) - now).total_seconds() * 1000))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "room_id": self.room_id,
+            "user_id": self.user_id,
+            "kind": self.kind,
+            "reason": self.reason,
+            "shadow": self.shadow,
+            "created_by": self.created_by,
+            "created_at": utc_iso(self.created_at),
+            "until": utc_iso(self.expires_at),
+        }
+
+
+@dataclass(frozen=True)
+class NewBan:
+    """A ban about to be stored (``room_id`` None: global; ``expires_at`` None: permanent)."""
+
+    room_id: str | None
+    user_id: str
+    reason: str | None
+    shadow: bool
+    created_by: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Removed:
+    """A message that a soft delete just hid (``shadow``: only its author ever saw it)."""
+
+    message_id: str
+    room_id: str
+    seq: int
+    user_id: str
+    shadow: bool
+
+
+@dataclass(frozen=True)
+class Report:
+    id: int
+    message_id: str
+    room_id: str
+    reporter_id: str
+    reason: str
+    status: str  # open | resolved | dismissed
+    created_at: datetime
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    action: str | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "message_id": self.message_id,
+            "room_id": self.room_id,
+            "reporter_id": self.reporter_id,
+            "reason": self.reason,
+            "status": self.status,
+            "created_at": utc_iso(self.created_at),
+            "resolved_at": utc_iso(self.resolved_at),
+            "resolved_by": self.resolved_by,
+            "action": self.action,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One moderation action, written in the same transaction as the action itself."""
+
+    actor_id: str
+    action: str  # Twitch-style: ban, timeout, unban, untimeout, delete, slow, slowoff, mod, unmod, ...
+    room_id: str | None = None
+    target_user_id: str | None = None
+    target_message_id: str | None = None
+    reason: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    entry: AuditEntry
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.entry
+        return {
+            "id": self.id,
+            "room_id": e.room_id,
+            "actor_id": e.actor_id,
+            "action": e.action,
+            "target_user_id": e.target_user_id,
+            "target_message_id": e.target_message_id,
+            "reason": e.reason,
+            "details": dict(e.details),
+            "created_at": utc_iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True)
+class Block:
+    user_id: str
+    blocked_user_id: str
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user_id": self.blocked_user_id, "created_at": utc_iso(self.created_at)}

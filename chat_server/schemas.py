@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from .errors import ValidationFailed
 
@@ -34,9 +34,10 @@ class LeaveRoomIn(InSchema):
 
 class SendMessageIn(InSchema):
     room_id = fields.String(required=True, validate=ROOM_ID)
-    # Length is checked by the service (message_rejected/too_long); this bound only
-    # stops absurd payloads before any work is done.
-    content = fields.String(required=True, validate=validate.Length(max=100_000))
+    # Length is checked by the service (message_rejected/too_long, PROTOCOL.md) before
+    # any other work; absurd payloads are already bounded by the transport's buffer size
+    # (MAX_HTTP_BODY), so no second, differently-coded bound here.
+    content = fields.String(required=True)
     type = fields.String(load_default="text", validate=validate.OneOf(["text", "encrypted"]))
     client_msg_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
     reply_to = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=128))
@@ -51,6 +52,15 @@ class ReactIn(InSchema):
     message_id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     reaction = fields.String(required=True, validate=validate.Length(min=1, max=32))
     remove = fields.Boolean(load_default=None, allow_none=True)
+
+
+class EditMessageIn(InSchema):
+    message_id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    content = fields.String(required=True, validate=validate.Length(max=100_000))
+
+
+class DeleteMessageIn(InSchema):
+    message_id = fields.String(required=True, validate=validate.Length(min=1, max=128))
 
 
 def load(schema: Schema, payload: Any) -> dict[str, Any]:
@@ -177,6 +187,33 @@ class ErrorAckOut(OutSchema):
     error = fields.Nested(ErrorBodyOut, required=True)
 
 
+class RoomUpdatedOut(OutSchema):
+    room_id = fields.String(required=True)
+    name = fields.String(required=True)
+    settings = fields.Dict(required=True)
+
+
+class MessageDeletedOut(OutSchema):
+    room_id = fields.String(required=True)
+    message_id = fields.String(required=True)
+    seq = fields.Integer(required=True, strict=True)
+
+
+class BannedOut(OutSchema):
+    room_id = fields.String(required=True, allow_none=True)  # null: banned from the whole chat
+    until = fields.String(required=True, allow_none=True)  # null: permanent
+    reason = fields.String(required=True, allow_none=True)
+
+
+class UnbannedOut(OutSchema):
+    room_id = fields.String(required=True, allow_none=True)
+
+
+class EditMessageAckOut(OutSchema):
+    ok = fields.Boolean(required=True)
+    message = fields.Nested(MessageOut, required=True)
+
+
 # Event name -> schema that its payload must satisfy; the tests check every event seen.
 SERVER_EVENTS: dict[str, type[Schema]] = {
     "new_message": MessageOut,
@@ -188,22 +225,49 @@ SERVER_EVENTS: dict[str, type[Schema]] = {
     "room_stats": RoomStatsOut,
     "presence": PresenceOut,
     "message_reaction": MessageReactionOut,
+    "room_updated": RoomUpdatedOut,
+    "message_deleted": MessageDeletedOut,
+    "banned": BannedOut,
+    "unbanned": UnbannedOut,
 }
 
 
 # --- REST -------------------------------------------------------------------------------
 
+def _terms() -> fields.List:
+    return fields.List(fields.String(validate=validate.Length(min=1, max=100)), validate=validate.Length(max=1000))
+
+
+class RoomSettingsIn(Schema):
+    """Room settings moderators may set (docs/protocol.md §6 "Room modes", enforced by
+    services/policy.py).  Unknown keys are refused, so a typo is never silently ignored;
+    ``null`` clears ``min_role`` / ``required_claim``."""
+
+    class Meta:
+        unknown = RAISE
+
+    slow_mode_seconds = fields.Integer(validate=validate.Range(min=0, max=86_400))
+    emoji_only = fields.Boolean()
+    links_allowed = fields.Boolean()
+    unique_chat = fields.Boolean()
+    min_role = fields.String(allow_none=True, validate=validate.OneOf(["user", "moderator", "admin"]))
+    required_claim = fields.String(allow_none=True, validate=validate.Length(min=1, max=64))
+    profanity_mode = fields.String(validate=validate.OneOf(["censor", "reject"]))
+    blocked_terms = _terms()
+    allowed_terms = _terms()
+
+
 class RoomCreateIn(InSchema):
     id = fields.String(load_default=None, validate=ROOM_ID)
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     type = fields.String(load_default="public", validate=validate.OneOf(["public", "private", "dm"]))
-    settings = fields.Dict(load_default=dict)
+    settings = fields.Nested(RoomSettingsIn, load_default=dict)
     members = fields.List(fields.String(validate=validate.Length(min=1, max=128)), load_default=list, validate=validate.Length(max=1000))
 
 
 class RoomPatchIn(InSchema):
     name = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
-    settings = fields.Dict(load_default=None)
+    settings = fields.Nested(RoomSettingsIn, load_default=None)
 
 
 class HistoryQueryIn(InSchema):
@@ -218,6 +282,9 @@ class HistoryOut(OutSchema):
     page = fields.Integer(required=True)
     limit = fields.Integer(required=True)
     has_more = fields.Boolean(required=True)
+    # Present when the page is not empty (the REST handler adds them for cursor walking).
+    first_seq = fields.Integer()
+    last_seq = fields.Integer()
 
 
 class MemberOut(OutSchema):
@@ -239,3 +306,118 @@ class HealthOut(OutSchema):
 class ReadyOut(OutSchema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+
+
+# --- REST: moderation (rest/moderation.py) --------------------------------------------
+
+USER_ID = validate.Length(min=1, max=128)
+
+
+class BanIn(InSchema):
+    user_id = fields.String(required=True, validate=USER_ID)
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    duration_seconds = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                      validate=validate.Range(min=1, max=366 * 24 * 3600),
+                                      metadata={"description": "A timeout; absent or null: a permanent ban"})
+    purge = fields.Boolean(load_default=False, metadata={"description": "Also delete the user's messages of the last 24 h"})
+    shadow = fields.Boolean(load_default=False, metadata={"description": "Shadow ban: the user's messages reach only themselves"})
+
+
+class BanOut(OutSchema):
+    id = fields.Integer(required=True)
+    room_id = fields.String(required=True, allow_none=True)
+    user_id = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["ban", "timeout"]))
+    reason = fields.String(required=True, allow_none=True)
+    shadow = fields.Boolean(required=True)
+    created_by = fields.String(required=True)
+    created_at = fields.String(required=True)
+    until = fields.String(required=True, allow_none=True)
+
+
+class BansOut(OutSchema):
+    bans = fields.List(fields.Nested(BanOut), required=True)
+
+
+class ReportIn(InSchema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+class ReportOut(OutSchema):
+    id = fields.Integer(required=True)
+    message_id = fields.String(required=True)
+    room_id = fields.String(required=True)
+    reporter_id = fields.String(required=True)
+    reason = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["open", "resolved", "dismissed"]))
+    created_at = fields.String(required=True)
+    resolved_at = fields.String(required=True, allow_none=True)
+    resolved_by = fields.String(required=True, allow_none=True)
+    action = fields.String(required=True, allow_none=True)
+    note = fields.String(required=True, allow_none=True)
+
+
+class ReportWithMessageOut(ReportOut):
+    message = fields.Nested(MessageOut, allow_none=True, metadata={"description": "The reported message (also when deleted)"})
+    message_deleted = fields.Boolean()
+
+
+class ReportsQueryIn(InSchema):
+    status = fields.String(load_default="open", validate=validate.OneOf(["open", "resolved", "dismissed", "all"]))
+    room_id = fields.String(load_default=None, validate=ROOM_ID)
+    limit = fields.Integer(load_default=None, validate=validate.Range(min=1, max=200))
+    before_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
+
+
+class ReportsOut(OutSchema):
+    reports = fields.List(fields.Nested(ReportWithMessageOut), required=True)
+
+
+class ResolveReportIn(InSchema):
+    action = fields.String(required=True, validate=validate.OneOf(["dismiss", "delete_message", "ban_user"]))
+    note = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=1000))
+    duration_seconds = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                      validate=validate.Range(min=1, max=366 * 24 * 3600),
+                                      metadata={"description": "ban_user only: a timeout instead of a permanent ban"})
+
+
+class AuditQueryIn(InSchema):
+    room_id = fields.String(load_default=None, validate=ROOM_ID)
+    limit = fields.Integer(load_default=None, validate=validate.Range(min=1, max=200))
+    before_id = fields.Integer(load_default=None, validate=validate.Range(min=1))
+
+
+class AuditEntryOut(OutSchema):
+    id = fields.Integer(required=True)
+    room_id = fields.String(required=True, allow_none=True)
+    actor_id = fields.String(required=True)
+    action = fields.String(required=True)
+    target_user_id = fields.String(required=True, allow_none=True)
+    target_message_id = fields.String(required=True, allow_none=True)
+    reason = fields.String(required=True, allow_none=True)
+    details = fields.Dict(required=True)
+    created_at = fields.String(required=True)
+
+
+class AuditOut(OutSchema):
+    entries = fields.List(fields.Nested(AuditEntryOut), required=True)
+
+
+class BlockIn(InSchema):
+    user_id = fields.String(required=True, validate=USER_ID)
+
+
+class BlockOut(OutSchema):
+    user_id = fields.String(required=True)
+    created_at = fields.String(required=True)
+
+
+class BlocksOut(OutSchema):
+    blocks = fields.List(fields.Nested(BlockOut), required=True)
+
+
+class ModeratorOut(OutSchema):
+    room_id = fields.String(required=True)
+    user_id = fields.String(required=True)
+    role = fields.String(required=True)
+    changed = fields.Boolean(required=True)

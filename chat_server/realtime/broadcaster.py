@@ -13,7 +13,7 @@ from typing import Any
 
 import socketio
 
-from ..domain import Message
+from ..domain import Message, Room
 from .manager import skip_user
 from .room_stats import RoomStatsCoalescer
 
@@ -24,6 +24,11 @@ def room_channel(room_id: str) -> str:
     """Socket.IO room that carries a chat room's events (prefixed so that a chat room
     named like a user channel cannot collide with it)."""
     return f"r:{room_id}"
+
+
+#: Socket.IO room that no connection joins: events sent to it only reach each node's
+#: local delivery hook (control messages on the same bus, in order with everything else).
+MODERATION_CHANNEL = "sys:moderation"
 
 
 def user_channel(user_id: str) -> str:
@@ -44,16 +49,29 @@ class Broadcaster:
         self._stats.touch(room_id)
 
     async def message_created(self, message: Message) -> None:
+        if message.metadata.get("shadow"):
+            # Shadow ban: only the author's own sockets see it, as if it had been sent.
+            await self._emit("new_message", message.to_dict(), to=user_channel(message.user_id))
+            return
         await self._emit("new_message", message.to_dict(), to=room_channel(message.room_id))
         self.room_activity(message.room_id)
 
     async def mentioned(self, user_id: str, message: Message) -> None:
+        if message.metadata.get("shadow"):
+            return
         await self._emit("mentioned", message.to_dict(), to=user_channel(user_id))
 
     async def message_reaction(self, message: Message, reactions: dict[str, int], *, user_id: str, reaction: str, action: str) -> None:
         payload = {"room_id": message.room_id, "message_id": message.message_id, "reactions": reactions,
                    "user_id": user_id, "reaction": reaction, "action": action}
-        await self._emit("message_reaction", payload, to=room_channel(message.room_id))
+        to = user_channel(message.user_id) if message.metadata.get("shadow") else room_channel(message.room_id)
+        await self._emit("message_reaction", payload, to=to)
+
+    async def room_updated(self, room: Room) -> None:
+        # The room's term lists are moderation configuration, not something every viewer
+        # needs (or should learn to evade): they stay out of the event.
+        settings = {k: v for k, v in room.settings.items() if k not in ("blocked_terms", "allowed_terms")}
+        await self._emit("room_updated", {"room_id": room.id, "name": room.name, "settings": settings}, to=room_channel(room.id))
 
     async def user_joined(self, room_id: str, user: dict[str, Any]) -> None:
         payload = {"room_id": room_id, "user_id": user["user_id"], "username": user["username"], "avatar": user.get("avatar")}
@@ -80,3 +98,26 @@ class Broadcaster:
 
     async def to_user(self, user_id: str, event: str, payload: Any) -> None:
         await self._emit(event, payload, to=user_channel(user_id))
+
+    # --- moderation (services/moderation.py; node-local effects in moderation_relay.py) ---
+
+    async def message_updated(self, message: Message) -> None:
+        to = user_channel(message.user_id) if message.metadata.get("shadow") else room_channel(message.room_id)
+        await self._emit("message_updated", message.to_dict(), to=to)
+
+    async def message_deleted(self, room_id: str, message_id: str, seq: int, *, only_user: str | None = None) -> None:
+        payload = {"room_id": room_id, "message_id": message_id, "seq": seq}
+        await self._emit("message_deleted", payload, to=user_channel(only_user) if only_user else room_channel(room_id))
+
+    async def banned(self, user_id: str, payload: dict[str, Any]) -> None:
+        """``banned {room_id, until, reason}`` to every socket of the user, on every node;
+        each node removes its sockets of the user from the room before delivering it."""
+        await self._emit("banned", payload, to=user_channel(user_id))
+
+    async def unbanned(self, user_id: str, payload: dict[str, Any]) -> None:
+        await self._emit("unbanned", payload, to=user_channel(user_id))
+
+    async def moderation_changed(self, change: dict[str, Any]) -> None:
+        """A ban or block changed: every node's local delivery hook sees this (ban-cache
+        invalidation, block index); no connection joins the channel, so no client does."""
+        await self._emit("moderation_changed", change, to=MODERATION_CHANNEL)

@@ -43,18 +43,32 @@ class LocalListener(Protocol):
         """Deliver an event emitted to ``room`` on this node (skip ``skip_sid``)."""
 
 
+class LocalFilter(Protocol):
+    async def before_delivery(self, event: str, data: Any, room: str, skip_sid: Any) -> Any:
+        """Called on this node before an event emitted to ``room`` is delivered here; returns
+        the ``skip_sid`` to deliver with (a new value, never the argument mutated)."""
+
+
 class LocalDeliveryHook(socketio.AsyncManager):
     """Calls registered listeners for every event delivered on this node."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.local_listeners: list[LocalListener] = []
+        # Run before local delivery on every node (moderation: ban removal, blocks).
+        self.local_filters: list[LocalFilter] = []
         # user id -> this node's Socket.IO sids of that user (set by the composition root)
         self.local_sids_of: Callable[[str], list[str]] = lambda user_id: []
 
     async def emit(self, event: str, data: Any, namespace: str | None = None, room: Any = None, skip_sid: Any = None,
                    callback: Any = None, to: Any = None, **kwargs: Any) -> None:
         target = to or room
+        if self.local_filters and (namespace or "/") == "/" and isinstance(target, str):
+            for local_filter in self.local_filters:
+                try:
+                    skip_sid = await local_filter.before_delivery(event, data, target, skip_sid)
+                except Exception:
+                    log.exception("local filter of %s to %s failed", event, target)
         users = skipped_users(skip_sid)
         local_skip = skip_sid
         if users:

@@ -13,10 +13,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..domain import Message, Principal
-from ..errors import NotInRoom, Unauthorized
+from ..errors import NotInRoom, Unauthorized, ValidationFailed
 from ..services.messages import MessageService
 from ..services.presence import GLOBAL, PresenceStore
 from ..services.reactions import ReactionChange, ReactionService
@@ -42,6 +42,17 @@ class LivePolicy:
     size_cache_s: float = 1.0
 
 
+class SessionModeration(Protocol):
+    """Moderation on the live path (``realtime.moderation_relay.LiveModeration``)."""
+
+    async def connected(self, conn: ConnState) -> None: ...
+    async def disconnected(self, conn: ConnState) -> None: ...
+    async def check_join(self, user: Principal, room_id: str) -> None: ...
+    async def check_post(self, user: Principal, room_id: str) -> bool: ...
+    async def edit_message(self, user: Principal, message_id: str, content: str) -> Message: ...
+    async def delete_message(self, user: Principal, message_id: str) -> Any: ...
+
+
 class ChatSessions:
     def __init__(
         self,
@@ -54,7 +65,9 @@ class ChatSessions:
         registry: ConnectionRegistry,
         policy: LivePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        moderation: SessionModeration | None = None,
     ) -> None:
+        self._moderation = moderation
         self._rooms = rooms
         self._messages = messages
         self._reactions = reactions
@@ -75,9 +88,13 @@ class ChatSessions:
     async def connected(self, conn: ConnState) -> None:
         self._registry.add(conn)
         await self._presence.add(GLOBAL, conn.user.public(), conn.conn_id)
+        if self._moderation is not None:
+            await self._moderation.connected(conn)
 
     async def disconnected(self, conn: ConnState) -> None:
         self._registry.remove(conn.sid)
+        if self._moderation is not None:
+            await self._moderation.disconnected(conn)
         for room_id in list(conn.rooms):
             try:
                 await self._leave(conn, room_id)
@@ -106,6 +123,8 @@ class ChatSessions:
     async def join(self, conn: ConnState, room_id: str, *, since_seq: int | None = None, token_user: Principal | None = None) -> dict[str, Any]:
         if token_user is not None and token_user.user_id != conn.user.user_id:
             raise Unauthorized()
+        if self._moderation is not None:
+            await self._moderation.check_join(conn.user, room_id)  # banned users stay out
         room = await self._rooms.join(conn.user, room_id)
         # Enter the fan-out channel before reading history: a message committed in
         # between arrives both live and in history, and clients dedupe by message_id.
@@ -147,6 +166,12 @@ class ChatSessions:
         else:
             self._broadcaster.room_activity(room_id)
 
+    async def evict(self, conn: ConnState, room_id: str) -> None:
+        """Take a connection out of a room it did not ask to leave (a ban): the same
+        cleanup as ``leave_room``, on the node that holds the connection."""
+        if room_id in conn.rooms:
+            await self._leave(conn, room_id)
+
     def _require_joined(self, conn: ConnState, room_id: str) -> None:
         check_room_id(room_id)
         if room_id not in conn.rooms:
@@ -155,14 +180,28 @@ class ChatSessions:
     # --- messages and reactions ----------------------------------------------------------
 
     async def send(self, conn: ConnState, room_id: str, *, content: str, type: str = "text", client_msg_id: str | None = None, reply_to: str | None = None) -> Message:
+        if self._moderation is not None and room_id not in conn.rooms:
+            await self._moderation.check_post(conn.user, room_id)  # a removed banned user hears "banned"
         self._require_joined(conn, room_id)
-        message = await self._messages.send(conn.user, room_id, content=content, type=type, client_msg_id=client_msg_id, reply_to=reply_to)
+        message = await self._messages.send(conn.user, room_id, content=content, type=type, client_msg_id=client_msg_id, reply_to=reply_to,
+                                             address=conn.address)
         # Sending ends typing; tell the room now instead of waiting for the expiry.
         await self._stop_typing(conn, room_id)
         return message
 
+    async def edit_message(self, conn: ConnState, message_id: str, content: str) -> Message:
+        return await self._require_moderation().edit_message(conn.user, message_id, content)
+
+    async def delete_message(self, conn: ConnState, message_id: str) -> None:
+        await self._require_moderation().delete_message(conn.user, message_id)
+
+    def _require_moderation(self) -> SessionModeration:
+        if self._moderation is None:
+            raise ValidationFailed("Message edits and deletes are not available on this server")
+        return self._moderation
+
     async def react(self, conn: ConnState, message_id: str, reaction: str, *, remove: bool | None = None) -> ReactionChange:
-        return await self._reactions.react(conn.user, message_id, reaction, remove=remove)
+        return await self._reactions.react(conn.user, message_id, reaction, remove=remove, address=conn.address)
 
     # --- typing ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import Protocol
 from ..domain import HistoryPage, Message, NewMessage, Principal
 from ..errors import MessageRejected, NotFound, ValidationFailed
 from . import content as content_pipeline
+from .policy import MessageGuard
 from .rooms import RoomService
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,12 @@ class MessageEvents(Protocol):
 
     async def message_created(self, message: Message) -> None: ...
     async def mentioned(self, user_id: str, message: Message) -> None: ...
+
+
+class BanCheck(Protocol):
+    """``services.moderation.BanChecks``: raises ``banned``; True when shadow banned."""
+
+    async def check_post(self, user: Principal, room_id: str) -> bool: ...
 
 
 class MentionResolver(Protocol):
@@ -58,7 +65,11 @@ class MessageService:
         *,
         mentions: MentionResolver | None = None,
         id_factory: Callable[[], str] = new_message_id,
+        guard: MessageGuard | None = None,
+        bans: BanCheck | None = None,
     ) -> None:
+        self._guard = guard  # moderation and limits (services/policy.py)
+        self._bans = bans  # bans, timeouts and shadow bans (services/moderation.py)
         self._mentions = mentions
         self._messages = messages
         self._rooms = rooms
@@ -79,6 +90,7 @@ class MessageService:
         type: str = "text",
         client_msg_id: str | None = None,
         reply_to: str | None = None,
+        address: str | None = None,
     ) -> Message:
         if type not in MESSAGE_TYPES:
             raise ValidationFailed("type must be text or encrypted", details={"type": ["Must be one of: text, encrypted."]})
@@ -91,6 +103,11 @@ class MessageService:
         if not text:
             raise MessageRejected("empty", "Message is empty")
         room = await self._rooms.visible(user, room_id)
+        # Banned users are refused before anything else; a shadow-banned user's message is
+        # stored marked, shown only to them (broadcaster) and hidden from others' history.
+        shadow = await self._bans.check_post(user, room.id) if self._bans is not None else False
+        if self._guard is not None:  # limits, room modes, spam, profanity (may censor)
+            text = await self._guard.check(user, room, text, encrypted=encrypted, client_msg_id=client_msg_id, address=address)
         tokens = [] if encrypted else content_pipeline.find_mentions(text)
         if len(tokens) > self._limits.max_mentions:
             raise MessageRejected("spam", f"Too many mentions (at most {self._limits.max_mentions})",
@@ -99,7 +116,8 @@ class MessageService:
         html = None if encrypted else content_pipeline.to_html(text, resolved)
         if reply_to is not None:
             parent = await self._messages.get(reply_to)
-            if parent is None or parent.room_id != room.id or parent.deleted_at is not None:
+            if parent is None or parent.room_id != room.id or parent.deleted_at is not None or (
+                    parent.metadata.get("shadow") and parent.user_id != user.user_id):
                 raise ValidationFailed("reply_to does not name a message in this room", details={"reply_to": ["Unknown message."]})
         new = NewMessage(
             message_id=self._new_id(),
@@ -111,9 +129,12 @@ class MessageService:
             client_msg_id=client_msg_id,
             reply_to=reply_to,
             mentions=tuple(dict.fromkeys(resolved.values())),
+            metadata={"shadow": True} if shadow else {},
         )
         message, created = await self._messages.insert(new)
         if created:
+            if self._guard is not None:
+                await self._guard.accepted(user, room, message)
             # After commit, through the one door.  A failed broadcast must not turn a
             # stored message into an error: clients catch up by seq.
             try:
@@ -137,9 +158,10 @@ class MessageService:
         """History for a join: the last ``limit`` messages, or everything after ``since_seq``."""
         room = await self._rooms.visible(user, room_id)
         n = self._limit(limit)
+        reader = self._reader(user)
         if since_seq is not None:
-            return await self._messages.after(room.id, since_seq, n)
-        return await self._messages.before(room.id, None, n)
+            return await reader.after(room.id, since_seq, n)
+        return await reader.before(room.id, None, n)
 
     async def history(
         self,
@@ -155,15 +177,24 @@ class MessageService:
         n = self._limit(limit)
         if before_seq is not None and after_seq is not None:
             raise ValidationFailed("use before_seq or after_seq, not both", details={"before_seq": ["Not with after_seq."]})
+        reader = self._reader(user)
         if after_seq is not None:
-            return await self._messages.after(room.id, after_seq, n)
+            return await reader.after(room.id, after_seq, n)
         if before_seq is not None:
-            return await self._messages.before(room.id, before_seq, n)
-        return await self._messages.page(room.id, page, n)
+            return await reader.before(room.id, before_seq, n)
+        return await reader.page(room.id, page, n)
+
+    def _reader(self, user: Principal) -> MessageRepository:
+        """History as ``user`` sees it: without the messages of users they block or others'
+        shadow-banned messages, when the store can filter per viewer."""
+        for_viewer = getattr(self._messages, "for_viewer", None)
+        return for_viewer(user.user_id) if for_viewer is not None else self._messages  # type: ignore[no-any-return]
 
     async def get_visible(self, user: Principal, message_id: str) -> Message:
         message = await self._messages.get(message_id)
         if message is None or message.deleted_at is not None:
             raise NotFound("Message not found")
+        if message.metadata.get("shadow") and message.user_id != user.user_id:
+            raise NotFound("Message not found")  # a shadow-banned user's message exists only for them
         await self._rooms.visible(user, message.room_id)
         return message

@@ -10,6 +10,7 @@ import emoji
 from ..domain import Message, Principal
 from ..errors import ValidationFailed
 from .messages import MessageService
+from .policy import MessageGuard
 
 DEFAULT_REACTION_NAMES = ("like", "love", "laugh", "wow", "sad", "angry", "fire", "clap")
 
@@ -45,16 +46,20 @@ def check_reaction(reaction: object, names: frozenset[str]) -> str:
 
 class ReactionService:
     def __init__(self, reactions: ReactionRepository, messages: MessageService, events: ReactionEvents,
-                 *, names: tuple[str, ...] = DEFAULT_REACTION_NAMES) -> None:
+                 *, names: tuple[str, ...] = DEFAULT_REACTION_NAMES, guard: MessageGuard | None = None) -> None:
+        self._guard = guard  # rate limits (services/policy.py)
         self._reactions = reactions
         self._messages = messages
         self._events = events
         self._names = frozenset(names)
 
-    async def react(self, user: Principal, message_id: str, reaction: str, *, remove: bool | None = None) -> ReactionChange:
+    async def react(self, user: Principal, message_id: str, reaction: str, *, remove: bool | None = None,
+                    address: str | None = None) -> ReactionChange:
         """Add or remove ``user``'s ``reaction``; ``remove=None`` toggles."""
         reaction = check_reaction(reaction, self._names)
         message = await self._messages.get_visible(user, message_id)
+        if self._guard is not None:
+            await self._guard.check_reaction(user, message.room_id, address=address)
         if remove is None:
             remove = await self._reactions.has(message.message_id, user.user_id, reaction)
         if remove:

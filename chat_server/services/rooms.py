@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,14 @@ class RoomRepository(Protocol):
     async def membership(self, room_id: str, user_id: str) -> Membership | None: ...
     async def touch_member(self, room_id: str, user: Principal) -> None: ...
     async def members(self, room_id: str, *, limit: int = 1000) -> list[Membership]: ...
+
+
+class AuditedUpdate(Protocol):
+    async def __call__(self, user: Principal, room: Room, /, *, name: str | None, settings: Mapping[str, Any] | None) -> Room | None: ...
+
+
+class RoomEvents(Protocol):
+    async def room_updated(self, room: Room) -> None: ...
 
 
 class OnlineLookup(Protocol):
@@ -53,10 +62,14 @@ def check_room_id(room_id: Any) -> str:
 
 
 class RoomService:
-    def __init__(self, rooms: RoomRepository, presence: OnlineLookup, policy: RoomPolicy) -> None:
+    def __init__(self, rooms: RoomRepository, presence: OnlineLookup, policy: RoomPolicy, *, events: RoomEvents | None = None) -> None:
+        self._events = events
         self._rooms = rooms
         self._presence = presence
         self._policy = policy
+        # Set by the composition root to ModerationService.update_room: the update and its
+        # audit entries (slow, emoteonly ...) in one transaction.
+        self.audited_update: AuditedUpdate | None = None
 
     async def can_moderate(self, user: Principal, room: Room) -> bool:
         if user.is_global_moderator:
@@ -109,9 +122,17 @@ class RoomService:
         room = await self.visible(user, room_id)
         if not await self.can_moderate(user, room):
             raise Forbidden("Only the room's moderators can change it")
-        updated = await self._rooms.update(room_id, name=name, settings=settings)
+        if self.audited_update is not None:
+            updated = await self.audited_update(user, room, name=name, settings=settings)
+        else:
+            updated = await self._rooms.update(room_id, name=name, settings=settings)
         if updated is None:
             raise NotFound("Room not found")
+        if self._events is not None:
+            try:  # after the write, through the broadcaster; a failed announcement is not a failed update
+                await self._events.room_updated(updated)
+            except Exception:
+                logging.getLogger(__name__).exception("announcing the update of room %s failed", room_id)
         return updated
 
     async def members(self, user: Principal, room_id: str) -> list[MemberView]:

@@ -38,6 +38,18 @@ RETURNING seq, created_at
 """
 
 
+def _hidden_from(viewer: str | None) -> tuple[str, tuple[str, ...]]:
+    """SQL (and its parameters) leaving out what ``viewer`` must not see in history: the
+    messages of users they block and other users' shadow-banned messages."""
+    if viewer is None:
+        return "", ()
+    return (
+        """ AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.user_id = %s AND b.blocked_user_id = m.user_id)
+            AND (m.user_id = %s OR m.metadata->>'shadow' IS NULL)""",
+        (viewer, viewer),
+    )
+
+
 def message_from_row(row: Mapping[str, Any]) -> Message:
     return Message(
         message_id=row["message_id"],
@@ -132,34 +144,59 @@ class MessageStore:
         """The newest ``limit`` visible messages, oldest first."""
         return await self.before(room_id, None, limit)
 
-    async def before(self, room_id: str, before_seq: int | None, limit: int) -> HistoryPage:
+    def for_viewer(self, viewer: str) -> _ViewerHistory:
+        """History reads as ``viewer`` sees them (see ``_hidden_from``)."""
+        return _ViewerHistory(self, viewer)
+
+    async def before(self, room_id: str, before_seq: int | None, limit: int, *, viewer: str | None = None) -> HistoryPage:
+        hidden, hidden_params = _hidden_from(viewer)
         rows = await self._db.fetch(
             f"""SELECT {_COLUMNS} FROM messages m
-                WHERE m.room_id = %s AND m.deleted_at IS NULL AND (%s::bigint IS NULL OR m.seq < %s::bigint)
+                WHERE m.room_id = %s AND m.deleted_at IS NULL AND (%s::bigint IS NULL OR m.seq < %s::bigint){hidden}
                 ORDER BY m.seq DESC LIMIT %s""",
-            (room_id, before_seq, before_seq, limit + 1),
+            (room_id, before_seq, before_seq, *hidden_params, limit + 1),
         )
         has_more = len(rows) > limit
         return HistoryPage([message_from_row(r) for r in reversed(rows[:limit])], has_more)
 
-    async def after(self, room_id: str, after_seq: int, limit: int) -> HistoryPage:
+    async def after(self, room_id: str, after_seq: int, limit: int, *, viewer: str | None = None) -> HistoryPage:
         """Visible messages with ``seq > after_seq``, oldest first."""
+        hidden, hidden_params = _hidden_from(viewer)
         rows = await self._db.fetch(
             f"""SELECT {_COLUMNS} FROM messages m
-                WHERE m.room_id = %s AND m.deleted_at IS NULL AND m.seq > %s
+                WHERE m.room_id = %s AND m.deleted_at IS NULL AND m.seq > %s{hidden}
                 ORDER BY m.seq ASC LIMIT %s""",
-            (room_id, after_seq, limit + 1),
+            (room_id, after_seq, *hidden_params, limit + 1),
         )
         has_more = len(rows) > limit
         return HistoryPage([message_from_row(r) for r in rows[:limit]], has_more)
 
-    async def page(self, room_id: str, page: int, limit: int) -> HistoryPage:
+    async def page(self, room_id: str, page: int, limit: int, *, viewer: str | None = None) -> HistoryPage:
         """Numbered pages, page 1 the newest, each oldest first (the source design's paging)."""
+        hidden, hidden_params = _hidden_from(viewer)
         rows = await self._db.fetch(
             f"""SELECT {_COLUMNS} FROM messages m
-                WHERE m.room_id = %s AND m.deleted_at IS NULL
+                WHERE m.room_id = %s AND m.deleted_at IS NULL{hidden}
                 ORDER BY m.seq DESC LIMIT %s OFFSET %s""",
-            (room_id, limit + 1, (page - 1) * limit),
+            (room_id, *hidden_params, limit + 1, (page - 1) * limit),
         )
         has_more = len(rows) > limit
         return HistoryPage([message_from_row(r) for r in reversed(rows[:limit])], has_more)
+
+
+class _ViewerHistory:
+    """``MessageStore`` history reads for one viewer (``MessageService`` uses it as the
+    repository for that viewer's history)."""
+
+    def __init__(self, store: MessageStore, viewer: str) -> None:
+        self._store = store
+        self._viewer = viewer
+
+    async def before(self, room_id: str, before_seq: int | None, limit: int) -> HistoryPage:
+        return await self._store.before(room_id, before_seq, limit, viewer=self._viewer)
+
+    async def after(self, room_id: str, after_seq: int, limit: int) -> HistoryPage:
+        return await self._store.after(room_id, after_seq, limit, viewer=self._viewer)
+
+    async def page(self, room_id: str, page: int, limit: int) -> HistoryPage:
+        return await self._store.page(room_id, page, limit, viewer=self._viewer)

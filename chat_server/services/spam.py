@@ -1,0 +1,149 @@
+"""Spam rules: pure checks on one message, plus repeats against a user's recent messages.
+
+Rules (each refusal is ``MessageRejected(reason)`` with ``details.rule``):
+
+* ``links``  (reason ``spam``): more than ``max_links`` links in one message.  A link is
+  whatever ``content_html`` would turn into an anchor (bleach's URL pattern, bare domains
+  included), so the rule and the rendering agree.
+* ``repeated_chars`` (reason ``spam``): a run of more than ``max_repeated_chars`` copies of
+  one character (``"!!!!!!…"``, ``"aaaaaaaa…"``).
+* ``repeated_message`` (reason ``duplicate``): the user already sent ``max_repeats``
+  identical or near-identical messages within ``duplicate_window_ms`` (any room).  Texts
+  are compared in :func:`normalise`\\ d form (case, white space, punctuation and lookalike
+  letters folded); near-identical means ``difflib`` similarity ≥ ``similarity``.
+* mention floods stay the one ``MAX_MENTIONS`` rule of ``services.messages`` (reason
+  ``spam``, rule ``mentions``); it is not repeated here.
+
+The recent-message store is a small protocol with an in-memory implementation here and a
+Redis one in ``storage.recent_redis`` (shared by every node).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import time
+import unicodedata
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bleach.linkifier import URL_RE
+
+from ..errors import MessageRejected
+from .confusables import fold_confusables
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    """The form duplicates are compared in: NFKC, lookalikes folded, case-folded,
+    punctuation removed, white space collapsed.  A text that is nothing but punctuation
+    keeps its punctuation (so ``"!!!"`` and ``"???"`` still differ)."""
+    folded = fold_confusables(unicodedata.normalize("NFKC", text)).casefold()
+    stripped = "".join(c for c in folded if not unicodedata.category(c).startswith("P"))
+    collapsed = _WHITESPACE.sub(" ", stripped).strip()
+    return collapsed or _WHITESPACE.sub(" ", folded).strip()
+
+
+def count_links(text: str) -> int:
+    return sum(1 for _ in URL_RE.finditer(text))
+
+
+def similar(a: str, b: str, threshold: float) -> bool:
+    """Whether two normalised texts are identical or at least ``threshold`` similar."""
+    if a == b:
+        return True
+    if threshold >= 1.0 or not a or not b:
+        return False
+    # Cheap upper bounds first: most pairs are ruled out by length alone.
+    if 2 * min(len(a), len(b)) / (len(a) + len(b)) < threshold:
+        return False
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
+
+
+@dataclass(frozen=True)
+class SpamRules:
+    max_links: int = 3
+    max_repeated_chars: int = 20
+    duplicate_window_ms: int = 60_000
+    max_repeats: int = 2  # near-identical messages a user may send within the window
+    similarity: float = 0.9
+    remembered: int = 10  # recent messages kept per user for the comparison
+
+
+class RecentStore(Protocol):
+    """Recent texts per key (a user, a room), newest last, forgotten after a window."""
+
+    async def recent(self, key: str, window_ms: int) -> list[str]: ...
+    async def add(self, key: str, text: str, window_ms: int, keep: int) -> None: ...
+
+
+class MemoryRecentStore:
+    def __init__(self, clock: Callable[[], float] = time.time, *, max_keys: int = 100_000) -> None:
+        self._clock = clock
+        self._items: dict[str, tuple[int, deque[tuple[float, str]]]] = {}
+        self._max_keys = max_keys
+
+    async def recent(self, key: str, window_ms: int) -> list[str]:
+        entry = self._items.get(key)
+        if entry is None:
+            return []
+        horizon = self._clock() - window_ms / 1000
+        return [text for at, text in entry[1] if at > horizon]
+
+    async def add(self, key: str, text: str, window_ms: int, keep: int) -> None:
+        now = self._clock()
+        entry = self._items.get(key)
+        if entry is None or entry[0] < window_ms:
+            entry = (window_ms, entry[1] if entry else deque())
+            self._items[key] = entry
+        items = entry[1]
+        items.append((now, text))
+        while len(items) > keep or (items and items[0][0] <= now - entry[0] / 1000):
+            items.popleft()
+        if len(self._items) > self._max_keys:
+            self._items = {k: v for k, v in self._items.items() if v[1] and v[1][-1][0] > now - v[0] / 1000}
+
+
+class SpamDetector:
+    def __init__(self, rules: SpamRules, recent: RecentStore) -> None:
+        self._rules = rules
+        self._recent = recent
+        repeat = rules.max_repeated_chars
+        self._repeated = re.compile(rf"(.)\1{{{repeat},}}", re.DOTALL) if repeat > 0 else None
+
+    @property
+    def rules(self) -> SpamRules:
+        return self._rules
+
+    def check_text(self, text: str) -> None:
+        """The rules that need nothing but the text."""
+        rules = self._rules
+        links = count_links(text)
+        if links > rules.max_links:
+            raise MessageRejected("spam", f"Too many links (at most {rules.max_links})",
+                                  details={"rule": "links", "max_links": rules.max_links})
+        if self._repeated is not None and self._repeated.search(text):
+            raise MessageRejected("spam", f"Too many repeated characters (at most {rules.max_repeated_chars} in a row)",
+                                  details={"rule": "repeated_chars", "max_repeated_chars": rules.max_repeated_chars})
+
+    @staticmethod
+    def _key(user_id: str) -> str:
+        return f"dup:{user_id}"
+
+    async def check_repeats(self, user_id: str, text: str) -> None:
+        """Refuse a message the user already sent ``max_repeats`` times in the window."""
+        rules = self._rules
+        current = normalise(text)
+        recent = await self._recent.recent(self._key(user_id), rules.duplicate_window_ms)
+        copies = sum(1 for previous in recent if similar(current, previous, rules.similarity))
+        if copies >= rules.max_repeats:
+            raise MessageRejected("duplicate", "You already sent this message",
+                                  details={"rule": "repeated_message", "window_ms": rules.duplicate_window_ms})
+
+    async def remember(self, user_id: str, text: str) -> None:
+        rules = self._rules
+        await self._recent.add(self._key(user_id), normalise(text), rules.duplicate_window_ms, rules.remembered)

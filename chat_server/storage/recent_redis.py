@@ -1,0 +1,67 @@
+"""Recent texts per key in Redis (see ``services.spam.RecentStore``), shared by every node.
+
+Key ``{prefix}:recent:{key}``: a sorted set scored by time in milliseconds whose members
+are ``<random id>:<text>`` (the id keeps two equal texts apart).  Reads and writes are one
+round trip each (a MULTI pipeline); the set expires one window after its last write.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ..services.spam import RecentStore
+from .resilient import OutageLog
+
+
+class RedisRecentStore:
+    def __init__(self, redis: Redis, *, prefix: str, clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._clock = clock
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}:recent:{key}"
+
+    async def recent(self, key: str, window_ms: int) -> list[str]:
+        now_ms = round(self._clock() * 1000)
+        members: list[bytes] = await self._redis.zrangebyscore(self._key(key), f"({now_ms - window_ms}", "+inf")  # type: ignore[assignment]
+        return [m.decode("utf-8", "replace").split(":", 1)[1] for m in members]
+
+    async def add(self, key: str, text: str, window_ms: int, keep: int) -> None:
+        now_ms = round(self._clock() * 1000)
+        name = self._key(key)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(name, {f"{uuid.uuid4().hex[:12]}:{text}": now_ms})
+            pipe.zremrangebyscore(name, "-inf", now_ms - window_ms)
+            pipe.zremrangebyrank(name, 0, -(keep + 1))
+            pipe.pexpire(name, window_ms)
+            await pipe.execute()
+
+
+class FailSoftRecentStore:
+    """The Redis store, falling back to a node-local one while Redis fails (duplicate
+    checks then only see this node's recent messages)."""
+
+    def __init__(self, primary: RecentStore, fallback: RecentStore) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._outage = OutageLog("Redis (recent messages)")
+
+    async def recent(self, key: str, window_ms: int) -> list[str]:
+        try:
+            return await self._primary.recent(key, window_ms)
+        except RedisError as exc:
+            self._outage.failed("duplicate check", exc)
+            return await self._fallback.recent(key, window_ms)
+
+    async def add(self, key: str, text: str, window_ms: int, keep: int) -> None:
+        await self._fallback.add(key, text, window_ms, keep)
+        try:
+            await self._primary.add(key, text, window_ms, keep)
+        except RedisError as exc:
+            self._outage.failed("remembering a message", exc)

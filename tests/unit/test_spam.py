@@ -1,0 +1,142 @@
+"""Spam rules (pure) and the recent-message store contract (memory and Redis)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from chat_server.errors import MessageRejected
+from chat_server.services.confusables import fold_confusables
+from chat_server.services.spam import MemoryRecentStore, RecentStore, SpamDetector, SpamRules, count_links, normalise, similar
+from chat_server.storage.recent_redis import RedisRecentStore
+from tests.conftest import REDIS_URL
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def detector(clock: FakeClock, **rules: object) -> SpamDetector:
+    return SpamDetector(SpamRules(**rules), MemoryRecentStore(clock))  # type: ignore[arg-type]
+
+
+# --- normalisation and similarity ----------------------------------------------------------
+
+
+def test_normalise_folds_case_space_punctuation_and_lookalikes() -> None:
+    assert normalise("  Hello,   WORLD!!! ") == "hello world"
+    assert normalise("hеllo world") == "hello world"  # Cyrillic е
+    assert normalise("ｈｅｌｌｏ") == "hello"  # fullwidth (NFKC)
+    assert normalise("!!!") == "!!!" and normalise("???") != normalise("!!!")
+
+
+def test_fold_confusables_keeps_length() -> None:
+    text = "fսck ѕһit Αβγ"
+    assert len(fold_confusables(text)) == len(text)
+    assert fold_confusables("fսck ѕһit") == "fuck shit"
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [
+    ("buy cheap followers now", "buy cheap followers now", True),
+    ("buy cheap followers now", "buy cheap followers now1", True),
+    ("buy cheap followers now", "buy cheap folowers now", True),
+    ("good game everyone", "what a goal that was", False),
+    ("hi", "hello there my friends", False),
+])
+def test_similarity(a: str, b: str, expected: bool) -> None:
+    assert similar(a, b, 0.9) is expected
+
+
+# --- stateless rules --------------------------------------------------------------------
+
+
+def test_count_links_matches_what_the_renderer_links() -> None:
+    assert count_links("see example.com, https://x.org/a?b=1 and www.test.io") == 3
+    assert count_links("no links here, 1.5 and a.b") == 0
+
+
+def test_too_many_links_is_spam(clock: FakeClock) -> None:
+    spam = detector(clock, max_links=2)
+    spam.check_text("a.com and b.com")
+    with pytest.raises(MessageRejected) as exc:
+        spam.check_text("a.com b.com c.com")
+    assert exc.value.reason == "spam" and exc.value.details["rule"] == "links"
+
+
+def test_long_runs_of_one_character_are_spam(clock: FakeClock) -> None:
+    spam = detector(clock, max_repeated_chars=20)
+    spam.check_text("wow" + "!" * 20)
+    spam.check_text("ha" * 30)  # alternating characters are not a run
+    for text in ("a" * 21, "so good" + "o" * 25, "😀" * 21):
+        with pytest.raises(MessageRejected) as exc:
+            spam.check_text(text)
+        assert exc.value.reason == "spam" and exc.value.details["rule"] == "repeated_chars"
+
+
+# --- repeats ------------------------------------------------------------------------------
+
+
+async def test_repeats_within_the_window_are_duplicates(clock: FakeClock) -> None:
+    spam = detector(clock, max_repeats=2, duplicate_window_ms=60_000)
+    for _ in range(2):
+        await spam.check_repeats("alice", "Buy followers at my site")
+        await spam.remember("alice", "Buy followers at my site")
+    for variant in ("buy followers at my site!!", "BUY  followers at my site", "Buy followers at my sight"):
+        with pytest.raises(MessageRejected) as exc:
+            await spam.check_repeats("alice", variant)
+        assert exc.value.reason == "duplicate" and exc.value.details["rule"] == "repeated_message"
+    await spam.check_repeats("bob", "Buy followers at my site")  # per user
+    await spam.check_repeats("alice", "something else entirely")
+    clock.advance(60)
+    await spam.check_repeats("alice", "Buy followers at my site")  # the window has passed
+
+
+# --- recent store contract ------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_recent(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Callable[[], RecentStore]]:
+    if request.param == "memory":
+        shared = MemoryRecentStore(clock)
+        yield lambda: shared
+        return
+    client = Redis.from_url(REDIS_URL)
+    prefix = f"chattest:{uuid.uuid4().hex}"
+    try:
+        yield lambda: RedisRecentStore(client, prefix=prefix, clock=clock)
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def test_recent_store_keeps_the_newest_within_the_window(make_recent: Callable[[], RecentStore], clock: FakeClock) -> None:
+    first, second = make_recent(), make_recent()
+    await first.add("k", "one", 10_000, 3)
+    clock.advance(1)
+    await second.add("k", "two", 10_000, 3)
+    await second.add("k", "two", 10_000, 3)  # equal texts are kept apart
+    assert sorted(await first.recent("k", 10_000)) == ["one", "two", "two"]
+    await first.add("k", "three: with a colon", 10_000, 3)
+    assert sorted(await second.recent("k", 10_000)) == ["three: with a colon", "two", "two"]
+    assert await first.recent("other", 10_000) == []
+    clock.advance(9.5)
+    assert sorted(await first.recent("k", 10_000)) == ["three: with a colon", "two", "two"]  # "one" was past `keep`
+    clock.advance(1)
+    assert await first.recent("k", 10_000) == []
