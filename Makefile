@@ -9,7 +9,7 @@ NPM    ?= npm
 # socket.io-client bundle into chat_server/web/vendor/ for the demo page.
 NPM_STAMP = node_modules/.package-lock.json
 
-.PHONY: install run test migrate lint token clean
+.PHONY: install test-deps run test migrate lint token clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ install: $(STAMP) $(NPM_STAMP)
 run: install
 	$(BIN)/chat-server run
 
-test: install
+# System packages the tests drive (Chromium, nginx, redis-server, Node.js): installed
+# with apt when missing and running as root, otherwise named.
+test-deps:
+	@bash scripts/install-test-deps.sh
+
+test: test-deps install
 	$(BIN)/pytest
 
 migrate: install
