@@ -139,3 +139,14 @@ async def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> b
 
 # Load tests send far more than a viewer may; lift the chat limits for them.
 LOAD_LIMITS = {"RATE_LIMIT_MAX_MESSAGES": "1000000", "ENABLE_SPAM_DETECTION": "false"}
+
+
+def stored_messages(database_url: str, room: str) -> list[tuple[int, str | None, str]]:
+    """``(seq, client_msg_id, message_id)`` of every stored message of ``room``, by seq:
+    the oracle the scale tests compare what clients saw and were acknowledged against."""
+    conn = psycopg2.connect(database_url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT seq, client_msg_id, message_id FROM messages WHERE room_id = %s ORDER BY seq", (room,))
+        rows = cur.fetchall()
+    conn.close()
+    return rows

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psycopg2
 import pytest
 
 from tests.conftest import REDIS_URL, ChatClient, free_port, make_token, unique
-from tests.scale.conftest import LOAD_LIMITS, new_id, wait_until
+from tests.scale.conftest import LOAD_LIMITS, new_id, stored_messages, wait_until
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "docker" / "nginx.test.conf.template"
 
@@ -90,15 +89,6 @@ async def _call_retrying(client: ChatClient, event: str, data: dict[str, Any]) -
             return last  # type: ignore[no-any-return]
         await asyncio.sleep(0.3)
     raise AssertionError(f"{event} never succeeded: {last!r}")
-
-
-def _stored(database_url: str, room: str) -> list[tuple[int, str | None, str]]:
-    conn = psycopg2.connect(database_url)
-    with conn.cursor() as cur:
-        cur.execute("SELECT seq, client_msg_id, message_id FROM messages WHERE room_id = %s ORDER BY seq", (room,))
-        rows = cur.fetchall()
-    conn.close()
-    return rows
 
 
 async def test_three_nodes_behind_nginx(spawn_server, database_url):
@@ -196,7 +186,7 @@ async def test_three_nodes_behind_nginx(spawn_server, database_url):
             acked[cid] = ack["message"]["message_id"]
         await asyncio.sleep(1.0)
 
-        stored = _stored(database_url, room)
+        stored = stored_messages(database_url, room)
         stored_cids = [r[1] for r in stored]
         assert len(stored_cids) == len(set(stored_cids)), "stored exactly once"
         assert set(acked) <= set(stored_cids), "every acknowledged message is stored"

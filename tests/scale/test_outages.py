@@ -12,25 +12,15 @@ import time
 from typing import Any
 
 import aiohttp
-import psycopg2
 
 from tests.conftest import ChatClient, make_token, unique
-from tests.scale.conftest import LOAD_LIMITS, OUTAGE_SECONDS, new_id, wait_until
+from tests.scale.conftest import LOAD_LIMITS, OUTAGE_SECONDS, new_id, stored_messages, wait_until
 
 
 async def _status(url: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as http:
         async with http.get(url) as resp:
             return resp.status, await resp.json()
-
-
-def _stored(database_url: str, room: str) -> list[tuple[int, str | None, str]]:
-    conn = psycopg2.connect(database_url)
-    with conn.cursor() as cur:
-        cur.execute("SELECT seq, client_msg_id, message_id FROM messages WHERE room_id = %s ORDER BY seq", (room,))
-        rows = cur.fetchall()
-    conn.close()
-    return rows
 
 
 async def _all_history(client: ChatClient, room: str) -> dict[str, dict[str, Any]]:
@@ -80,7 +70,7 @@ async def test_postgres_outage_answers_unavailable_and_recovers(private_postgres
         assert first["ok"] and again["ok"]
         assert first["message"]["message_id"] == again["message"]["message_id"]
         await bob.wait_for("new_message", lambda m: m["client_msg_id"] == "during")
-        rows = _stored(private_postgres.url, room)
+        rows = stored_messages(private_postgres.url, room)
         assert [r[1] for r in rows] == ["before", "during"]
         assert [r[0] for r in rows] == [1, 2]
     finally:
@@ -194,7 +184,7 @@ async def test_redis_outage_under_load(private_redis, spawn_server, database_url
         await asyncio.sleep(0.5)
 
         # Clients fill their gaps from history; oracle over what is stored.
-        stored = _stored(database_url, room)
+        stored = stored_messages(database_url, room)
         stored_cids = [r[1] for r in stored]
         assert sorted(stored_cids) == sorted(acked), "every acknowledged message stored exactly once"
         assert [r[0] for r in stored] == list(range(1, len(stored) + 1)), "seq gapless"

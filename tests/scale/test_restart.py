@@ -8,20 +8,10 @@ import asyncio
 import time
 from typing import Any
 
-import psycopg2
 import pytest
 
 from tests.conftest import REDIS_URL, ChatClient, make_token, unique
-from tests.scale.conftest import LOAD_LIMITS, new_id
-
-
-def _stored(database_url: str, room: str) -> list[tuple[int, str | None, str]]:
-    conn = psycopg2.connect(database_url)
-    with conn.cursor() as cur:
-        cur.execute("SELECT seq, client_msg_id, message_id FROM messages WHERE room_id = %s ORDER BY seq", (room,))
-        rows = cur.fetchall()
-    conn.close()
-    return rows
+from tests.scale.conftest import LOAD_LIMITS, new_id, stored_messages
 
 
 class Sender:
@@ -105,7 +95,7 @@ async def test_node_stopped_under_load_loses_nothing(how, spawn_server, database
         seen_by_alice = await _move_and_catch_up(sender, survivor.url, "alice", room)
         await asyncio.sleep(0.5)
 
-        stored = _stored(database_url, room)
+        stored = stored_messages(database_url, room)
         stored_cids = [r[1] for r in stored]
         assert len(stored_cids) == len(set(stored_cids)), "no message stored twice"
         assert set(sender.acked) | set(bob_sender.acked) <= set(stored_cids), "every acknowledged message is stored"
