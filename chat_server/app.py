@@ -30,6 +30,7 @@ from .realtime.sessions import ChatSessions, LivePolicy
 from .realtime.socketio_handlers import SocketIOHandlers
 from .realtime.ws_handler import setup_ws
 from .rest.dev_auth import DevTokenApi
+from .rest.forwarded import TrustedProxies, forwarded_middleware
 from .rest.health import HealthApi
 from .rest.middleware import VERIFIER_KEY, auth_middleware, error_middleware, validation_error_callback
 from .rest.moderation import ModerationApi
@@ -188,6 +189,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     socketio_handlers.register()
 
     app = web.Application(client_max_size=MAX_HTTP_BODY, middlewares=[
+        forwarded_middleware(TrustedProxies(settings.trusted_proxies)),  # first: everything after sees the client's address
         error_middleware, auth_middleware,
         rest_rate_limit_middleware(limiter, RestLimits(settings.rest_rate_limit_window_ms, settings.rest_rate_limit_max_requests, settings.rest_ip_limit),
                                    addresses),

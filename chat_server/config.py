@@ -168,6 +168,7 @@ class Settings:
     rate_limit_ip_max_messages: int | None = None
     # Addresses that get no per-IP limit (a proxy or container network in front of the
     # service makes every client look like one of these).
+    trusted_proxies: tuple[str, ...] = ()
     rate_limit_ip_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
     rest_rate_limit_window_ms: int = 60_000
     rest_rate_limit_max_requests: int = 60
@@ -308,6 +309,7 @@ class Settings:
             max_mentions=_parse(env, ("MAX_MENTIONS",), 10, _positive_int, "a positive integer"),
             reaction_names=_parse(env, ("REACTION_NAMES",), ("like", "love", "laugh", "wow", "sad", "angry", "fire", "clap"), _names, "a comma-separated list of names"),
             rate_limit_ip_max_messages=_parse(env, ("RATE_LIMIT_IP_MAX_MESSAGES",), None, _non_negative_int, "a non-negative integer (0: no per-IP limit)"),
+            trusted_proxies=_parse(env, ("TRUSTED_PROXIES",), (), _networks, "comma-separated networks (CIDR) or none"),
             rate_limit_ip_exempt=_parse(env, ("RATE_LIMIT_IP_EXEMPT",), cls.rate_limit_ip_exempt, _networks, "comma-separated networks (CIDR) or none"),
             rest_rate_limit_window_ms=_parse(env, ("REST_RATE_LIMIT_WINDOW_MS",), 60_000, _positive_int, "a positive number of milliseconds"),
             rest_rate_limit_max_requests=_parse(env, ("REST_RATE_LIMIT_MAX_REQUESTS",), 60, _positive_int, "a positive integer"),
