@@ -44,3 +44,39 @@ async def test_messages_typing_presence_and_stats_cross_nodes(start_node):
         await bob.disconnect()
     alice.assert_valid()
     bob.assert_valid()
+
+
+async def test_reactions_mentions_and_rest_emits_cross_nodes(start_node):
+    from tests.conftest import rest
+
+    a = await start_node(redis_url=REDIS_URL)
+    b = await start_node(redis_url=REDIS_URL)
+    room = unique()
+    alice = await _client(a.url, "alice")
+    bob = await _client(b.url, "bob")
+    bob_elsewhere = await _client(b.url, "bob")  # bob's other tab, not in the room
+    try:
+        assert (await alice.call("join_room", {"room_id": room}))["ok"]
+        assert (await bob.call("join_room", {"room_id": room}))["ok"]
+        await asyncio.sleep(0.2)
+
+        sent = (await alice.call("send_message", {"room_id": room, "content": "hi @bob"}))["message"]
+        assert sent["mentions"] == ["bob"]
+        mention = await bob_elsewhere.wait_for("mentioned")  # every tab, on another node
+        assert mention["message_id"] == sent["message_id"]
+
+        ack = await bob.call("react", {"message_id": sent["message_id"], "reaction": "🔥"})
+        assert ack["ok"] and ack["reactions"] == {"🔥": 1}
+        reaction = await alice.wait_for("message_reaction")
+        assert reaction["user_id"] == "bob" and reaction["reactions"] == {"🔥": 1}
+
+        # A REST call handled by node a reaches a socket on node b.
+        status, body = await rest(a, "DELETE", f"/api/messages/{sent['message_id']}", "alice")
+        assert status in (200, 204), body
+        deleted = await bob.wait_for("message_deleted")
+        assert deleted == {"room_id": room, "message_id": sent["message_id"], "seq": sent["seq"]}
+    finally:
+        for c in (alice, bob, bob_elsewhere):
+            await c.disconnect()
+    for c in (alice, bob, bob_elsewhere):
+        c.assert_valid()
