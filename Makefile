@@ -48,4 +48,20 @@ token: install
 	@$(BIN)/chat-server token --sub $${SUB:-alice} --name $${NAME:-Alice} --role $${ROLE:-user}
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache node_modules chat_server/web/vendor
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache node_modules chat_server/web/vendor benchmarks/node_modules
+
+# Benchmarks (benchmarks/run.py, README "Benchmarks"): our server against a reference
+# Socket.IO server on Node.js, one load generator for both.  `make bench` runs the quick
+# profile (a few minutes), `make bench-full` (or `make bench BENCH_PROFILE=full`) the full
+# one.  Needs the PostgreSQL and Redis that `make test` uses, Node.js with npm, and taskset.
+BENCH_NPM_STAMP = benchmarks/node_modules/.package-lock.json
+.PHONY: bench bench-full
+
+$(BENCH_NPM_STAMP): benchmarks/package.json benchmarks/package-lock.json
+	cd benchmarks && $(NPM) ci --no-audit --no-fund --loglevel=error
+
+bench: $(STAMP) $(BENCH_NPM_STAMP)
+	$(BIN)/python benchmarks/run.py --profile $(or $(BENCH_PROFILE),quick)
+
+bench-full: $(STAMP) $(BENCH_NPM_STAMP)
+	$(BIN)/python benchmarks/run.py --profile full

@@ -23,8 +23,10 @@ from .migrate import apply_migrations
 from .realtime.broadcaster import Broadcaster
 from .realtime.connections import ConnectionRegistry
 from .realtime.drain import Drain
+from .realtime.fanout import FastFanout, orjson_module
 from .realtime.manager import LocalDeliveryHook, LocalManager, RedisManager
 from .realtime.moderation_relay import LiveModeration
+from .realtime.room_cache_relay import RoomCacheRelay
 from .realtime.room_stats import Gate, MemoryGate, RedisGate, RoomStatsCoalescer
 from .realtime.sessions import ChatSessions, LivePolicy
 from .realtime.socketio_handlers import SocketIOHandlers
@@ -43,7 +45,7 @@ from .services.policy import GuardPolicy, MessageGuard
 from .services.presence import MemoryPresenceStore, PresenceStore
 from .services.ratelimit import AddressPolicy, MemoryRateLimitStore, RateLimitStore
 from .services.reactions import ReactionService
-from .services.rooms import RoomPolicy, RoomService
+from .services.rooms import RoomCache, RoomPolicy, RoomService
 from .services.spam import MemoryRecentStore, RecentStore, SpamDetector, SpamRules
 from .storage.db import Database
 from .storage.messages import MessageStore
@@ -52,6 +54,7 @@ from .storage.presence_redis import RedisPresenceStore
 from .storage.ratelimit_redis import FailSoftRateLimitStore, RedisRateLimitStore
 from .storage.reactions import ReactionStore
 from .storage.recent_redis import FailSoftRecentStore, RedisRecentStore
+from .storage.redis_pipeline import AutoPipeline
 from .storage.resilient import FailSoftPresence
 from .storage.rooms import RoomStore
 
@@ -78,6 +81,8 @@ class Components:
     guard: MessageGuard | None = None
     limiter: RateLimitStore | None = None
     moderation: ModerationService | None = None
+    message_store: MessageStore | None = None  # batch counters (group commit)
+    redis_pipeline: AutoPipeline | None = None  # batch counters (Redis auto-pipelining)
 
 
 COMPONENTS_KEY = web.AppKey("components", Components)
@@ -100,6 +105,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     metrics = Metrics()
     db = Database(settings.database_url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_s)
     redis: Redis | None = None
+    pipeline: AutoPipeline | None = None
     presence: PresenceStore
     gate: Gate
     if settings.redis_url:
@@ -110,9 +116,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         )
         gate = RedisGate(redis, settings.redis_prefix)
         # Limits take Redis's clock (one clock for every node) unless a clock was injected.
+        # The send path's small commands (limits, recent messages) share round trips.
+        pipeline = AutoPipeline(redis)
         limiter: RateLimitStore = FailSoftRateLimitStore(
-            RedisRateLimitStore(redis, prefix=settings.redis_prefix, clock=None if clock is time.time else clock), MemoryRateLimitStore(clock))
-        recent: RecentStore = FailSoftRecentStore(RedisRecentStore(redis, prefix=settings.redis_prefix, clock=clock), MemoryRecentStore(clock))
+            RedisRateLimitStore(redis, prefix=settings.redis_prefix, clock=None if clock is time.time else clock, pipeline=pipeline),
+            MemoryRateLimitStore(clock))
+        recent: RecentStore = FailSoftRecentStore(RedisRecentStore(redis, prefix=settings.redis_prefix, clock=clock, pipeline=pipeline),
+                                                  MemoryRecentStore(clock))
     else:
         presence = MemoryPresenceStore(settings.presence_ttl_s, clock)
         gate = MemoryGate()
@@ -131,7 +141,15 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         ping_timeout=20,
         logger=False,
         engineio_logger=False,
+        # orjson behind the json interface (process-wide in python-socketio): packets in
+        # and out, acks, the Redis bus; realtime/fanout.py says where it differs.
+        json=orjson_module,
     )
+    if settings.fast_fanout:
+        fanout = FastFanout(sio, slow_client_buffer_bytes=settings.slow_client_buffer_bytes)
+        if fanout.install():
+            sio.manager.fanout = fanout
+            metrics.watch_fanout(fanout.stats)
 
     room_store = RoomStore(db)
 
@@ -141,8 +159,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     stats = RoomStatsCoalescer(gate, stats_of, interval_s=settings.room_stats_interval_s)
     broadcaster = Broadcaster(sio, stats)
     rooms = RoomService(room_store, presence, RoomPolicy(default_room=settings.default_room, auto_create_rooms=settings.auto_create_rooms),
-                        events=broadcaster)
-    message_store = MessageStore(db)
+                        events=broadcaster, cache=RoomCache(settings.room_cache_ttl_s) if settings.room_cache_ttl_s > 0 else None)
+    message_store = MessageStore(db, batching=settings.message_batching, max_batch=settings.message_batch_max,
+                                 max_in_flight=settings.message_batch_in_flight, on_batch=metrics.count_batch)
     addresses = AddressPolicy(settings.rate_limit_ip_exempt)
     guard = MessageGuard(
         limiter=limiter, recent=recent, moderators=rooms, replayed=message_store.by_client_msg_id, addresses=addresses,
@@ -171,6 +190,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     # run by the manager before every local delivery (realtime/moderation_relay.py).
     live_moderation = LiveModeration(moderation, bans, registry)
     sio.manager.local_filters.append(live_moderation)
+    sio.manager.local_filters.append(RoomCacheRelay(rooms))  # room_updated drops the room from every node's cache
     sessions = ChatSessions(
         rooms=rooms, messages=messages, reactions=reactions, presence=presence, broadcaster=broadcaster, registry=registry,
         policy=LivePolicy(typing_throttle_s=settings.typing_throttle_s, typing_ttl_s=settings.typing_ttl_s,
@@ -195,7 +215,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
                                    addresses),
         validation_middleware])
     app[VERIFIER_KEY] = verifier
-    components = Components(settings, db, redis, sio, rooms, messages, presence, sessions, broadcaster, metrics, node_id, guard, limiter, moderation)
+    components = Components(settings, db, redis, sio, rooms, messages, presence, sessions, broadcaster, metrics, node_id, guard, limiter, moderation,
+                            message_store=message_store, redis_pipeline=pipeline)
     app[COMPONENTS_KEY] = components
 
     sio.attach(app, socketio_path="socket.io")

@@ -155,6 +155,14 @@ class Settings:
     metrics_enabled: bool = True
     db_pool_size: int = 20
     db_timeout_s: float = 5.0
+    # Group commit of new messages (storage/group_commit.py): concurrent sends share one
+    # INSERT statement.  Off: one statement per message.
+    message_batching: bool = True
+    message_batch_max: int = 256
+    message_batch_in_flight: int = 1
+    # Per-node cache of room rows on the send path (services/rooms.py RoomCache); every
+    # room update invalidates it on every node at once, the TTL bounds a lost invalidation.
+    room_cache_ttl_s: float = 5.0
     room_stats_interval_s: float = 1.0
     presence_ttl_s: float = 30.0
     typing_ttl_s: float = 5.0
@@ -180,6 +188,10 @@ class Settings:
     spam_similarity: float = 0.9
     unique_chat_window_ms: int = 300_000
     unique_chat_history: int = 100
+    # Socket.IO delivery (realtime/fanout.py): one encode and one frame per event, written
+    # straight to each WebSocket; a client with more unsent bytes than this is dropped.
+    fast_fanout: bool = True
+    slow_client_buffer_bytes: int = 1024 * 1024
 
     @property
     def chat_ip_limit(self) -> int:
@@ -300,6 +312,10 @@ class Settings:
             metrics_enabled=_parse(env, ("METRICS_ENABLED",), True, _to_bool, "true or false"),
             db_pool_size=_parse(env, ("DB_POOL_SIZE",), 20, _positive_int, "a positive integer"),
             db_timeout_s=_parse(env, ("DB_TIMEOUT_MS",), 5000, _positive_int, "a positive number of milliseconds") / 1000,
+            message_batching=_parse(env, ("MESSAGE_BATCHING",), True, _to_bool, "true or false"),
+            message_batch_max=_parse(env, ("MESSAGE_BATCH_MAX",), 256, _positive_int, "a positive integer"),
+            message_batch_in_flight=_parse(env, ("MESSAGE_BATCH_IN_FLIGHT",), 1, _positive_int, "a positive integer"),
+            room_cache_ttl_s=_parse(env, ("ROOM_CACHE_TTL_MS",), 5000, _non_negative_int, "a non-negative number of milliseconds (0: no cache)") / 1000,
             room_stats_interval_s=_parse(env, ("ROOM_STATS_INTERVAL_MS",), 1000, _positive_int, "a positive number of milliseconds") / 1000,
             presence_ttl_s=_parse(env, ("PRESENCE_TTL_MS",), 30_000, _positive_int, "a positive number of milliseconds") / 1000,
             typing_ttl_s=_parse(env, ("TYPING_TTL_MS",), 5000, _positive_int, "a positive number of milliseconds") / 1000,
@@ -321,4 +337,6 @@ class Settings:
             spam_similarity=_parse(env, ("SPAM_SIMILARITY",), 0.9, _fraction, "a number above 0 and at most 1"),
             unique_chat_window_ms=_parse(env, ("UNIQUE_CHAT_WINDOW_MS",), 300_000, _positive_int, "a positive number of milliseconds"),
             unique_chat_history=_parse(env, ("UNIQUE_CHAT_HISTORY",), 100, _positive_int, "a positive integer"),
+            fast_fanout=_parse(env, ("FAST_FANOUT",), True, _to_bool, "true or false"),
+            slow_client_buffer_bytes=_parse(env, ("SLOW_CLIENT_BUFFER_BYTES",), 1024 * 1024, _positive_int, "a positive number of bytes"),
         )

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -12,6 +17,18 @@ class Metrics:
             "chat_events_total", "Client events handled, by event and outcome code", ["event", "outcome"], registry=self.registry
         )
         self.connections = Gauge("chat_connections", "Live connections on this node", ["transport"], registry=self.registry)
+        # Group commit of new messages: batches written and messages in them (mean batch
+        # size = batched / batches).
+        self.message_batches = Counter("chat_message_batches", "Message insert batches written", registry=self.registry)
+        self.messages_batched = Counter("chat_message_batched", "Messages written in insert batches", registry=self.registry)
+
+    def count_batch(self, size: int) -> None:
+        self.message_batches.inc()
+        self.messages_batched.inc(size)
+
+    def watch_fanout(self, stats: Any) -> None:
+        """Expose realtime/fanout.py's counters (plain ints on the hot path, read at scrape time)."""
+        self.registry.register(_FanoutCollector(stats))
 
     def count_event(self, event: str, outcome: str) -> None:
         # Unknown event names come from clients: bucket them to keep cardinality bounded.
@@ -21,3 +38,21 @@ class Metrics:
 KNOWN_EVENTS = frozenset(
     {"join_room", "leave_room", "send_message", "typing", "react", "edit_message", "delete_message"}
 )
+
+
+class _FanoutCollector(Collector):
+    def __init__(self, stats: Any) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = self._stats
+        deliveries = CounterMetricFamily("chat_fanout_deliveries", "Socket.IO broadcast deliveries on this node, by path "
+                                         "(direct: frame written straight to the WebSocket; queued: the library's queue)", labels=["path"])
+        deliveries.add_metric(["direct"], stats.direct_deliveries)
+        deliveries.add_metric(["queued"], stats.queued_deliveries)
+        yield deliveries
+        yield CounterMetricFamily("chat_fanout_broadcasts", "Broadcasts encoded once by the fast fan-out path", value=stats.broadcasts)
+        yield CounterMetricFamily("chat_fanout_direct_packets", "Other Socket.IO packets (acks, pings, calls) written straight to the WebSocket",
+                                  value=stats.direct_packets)
+        yield CounterMetricFamily("chat_fanout_slow_disconnects", "Clients dropped because their unsent bytes passed SLOW_CLIENT_BUFFER_BYTES",
+                                  value=stats.slow_disconnects)

@@ -6,6 +6,7 @@ document REST responses in OpenAPI and let the tests check every emitted event.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
@@ -61,6 +62,13 @@ class EditMessageIn(InSchema):
 
 class DeleteMessageIn(InSchema):
     message_id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+
+
+@cache
+def schema_of(cls: type[Schema]) -> Schema:
+    """One reusable instance per In schema class, for the per-event paths: building a
+    schema costs ~70 µs, a load ~10 µs, and ``load`` keeps no state on the instance."""
+    return cls()
 
 
 def load(schema: Schema, payload: Any) -> dict[str, Any]:

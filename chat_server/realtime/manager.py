@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import socketio
+
+if TYPE_CHECKING:
+    from .fanout import FastFanout
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,9 @@ class LocalDeliveryHook(socketio.AsyncManager):
         self.local_filters: list[LocalFilter] = []
         # user id -> this node's Socket.IO sids of that user (set by the composition root)
         self.local_sids_of: Callable[[str], list[str]] = lambda user_id: []
+        # One encode and one frame per event for this node's WebSocket clients (fanout.py;
+        # set by the composition root when installed); None: the library's delivery.
+        self.fanout: FastFanout | None = None
 
     async def emit(self, event: str, data: Any, namespace: str | None = None, room: Any = None, skip_sid: Any = None,
                    callback: Any = None, to: Any = None, **kwargs: Any) -> None:
@@ -75,7 +81,9 @@ class LocalDeliveryHook(socketio.AsyncManager):
             local_skip = [s for s in skip_sid if not s.startswith(SKIP_USER_PREFIX)] if isinstance(skip_sid, list) else []
             for user_id in users:
                 local_skip.extend(self.local_sids_of(user_id))
-        await super().emit(event, data, namespace=namespace, room=target, skip_sid=local_skip or None, callback=callback, **kwargs)
+        fanout = self.fanout
+        if fanout is None or callback is not None or not await fanout.emit(self, event, data, namespace, target, local_skip or None):
+            await super().emit(event, data, namespace=namespace, room=target, skip_sid=local_skip or None, callback=callback, **kwargs)
         if (namespace or "/") != "/" or not isinstance(target, str):
             return
         for listener in self.local_listeners:

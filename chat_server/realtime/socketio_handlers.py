@@ -12,7 +12,7 @@ import socketio
 
 from ..auth import TokenVerifier, bearer_token
 from ..errors import ChatError, Unauthorized, ValidationFailed
-from ..schemas import DeleteMessageIn, EditMessageIn, JoinRoomIn, LeaveRoomIn, ReactIn, SendMessageIn, TypingIn, load
+from ..schemas import DeleteMessageIn, EditMessageIn, JoinRoomIn, LeaveRoomIn, ReactIn, SendMessageIn, TypingIn, load, schema_of
 from .acks import Outcome, acknowledge
 from .broadcaster import room_channel, user_channel
 from .connections import ConnState
@@ -149,7 +149,7 @@ class SocketIOHandlers:
 
     async def join_room(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            payload = load(JoinRoomIn(), data)
+            payload = load(schema_of(JoinRoomIn), data)
             conn = self._conn(sid)
             token_user = self._verifier.verify(payload["user_token"]) if payload["user_token"] else None
             return await self._sessions.join(conn, payload["room_id"], since_seq=payload["since_seq"], token_user=token_user)
@@ -158,14 +158,14 @@ class SocketIOHandlers:
 
     async def leave_room(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> None:
-            payload = load(LeaveRoomIn(), data)
+            payload = load(schema_of(LeaveRoomIn), data)
             await self._sessions.leave(self._conn(sid), payload["room_id"])
 
         return await self._ack("leave_room", sid, run)
 
     async def send_message(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            payload = load(SendMessageIn(), data)
+            payload = load(schema_of(SendMessageIn), data)
             message = await self._sessions.send(
                 self._conn(sid),
                 payload["room_id"],
@@ -180,14 +180,14 @@ class SocketIOHandlers:
 
     async def typing(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> None:
-            payload = load(TypingIn(), data)
+            payload = load(schema_of(TypingIn), data)
             await self._sessions.typing(self._conn(sid), payload["room_id"], payload["is_typing"])
 
         return await self._ack("typing", sid, run)
 
     async def react(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            payload = load(ReactIn(), data)
+            payload = load(schema_of(ReactIn), data)
             change = await self._sessions.react(self._conn(sid), payload["message_id"], payload["reaction"], remove=payload["remove"])
             return {"reactions": change.reactions, "action": change.action}
 
@@ -195,7 +195,7 @@ class SocketIOHandlers:
 
     async def edit_message(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            payload = load(EditMessageIn(), data)
+            payload = load(schema_of(EditMessageIn), data)
             message = await self._sessions.edit_message(self._conn(sid), payload["message_id"], payload["content"])
             return {"message": message.to_dict()}
 
@@ -203,7 +203,7 @@ class SocketIOHandlers:
 
     async def delete_message(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> None:
-            payload = load(DeleteMessageIn(), data)
+            payload = load(schema_of(DeleteMessageIn), data)
             await self._sessions.delete_message(self._conn(sid), payload["message_id"])
 
         return await self._ack("delete_message", sid, run)

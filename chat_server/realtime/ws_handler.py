@@ -33,7 +33,7 @@ from aiohttp_apigami import docs
 
 from ..auth import TokenVerifier, bearer_token
 from ..errors import ChatError, ValidationFailed
-from ..schemas import load
+from ..schemas import load, schema_of
 from ..services.rooms import ROOM_ID_PATTERN
 from . import ws_frames as frames
 from .acks import acknowledge
@@ -442,18 +442,18 @@ class WsHandler:
             ))
 
     async def _join_room(self, conn: WsConnection, frame: dict[str, Any]) -> None:
-        payload = load(frames.WsJoinRoomIn(), frame)
+        payload = load(schema_of(frames.WsJoinRoomIn), frame)
         joined = await self._sessions.join(conn.state, payload["room_id"], since_seq=payload["since_seq"])
         room_id = joined["room"]["id"]
         conn.send(frames.room_joined_frame(room_id, await self._count_online(room_id), joined))
 
     async def _leave_room(self, conn: WsConnection, frame: dict[str, Any]) -> None:
-        payload = load(frames.WsLeaveRoomIn(), frame)
+        payload = load(schema_of(frames.WsLeaveRoomIn), frame)
         await self._sessions.leave(conn.state, payload["room_id"])
         conn.send(frames.room_left_frame(payload["room_id"]))
 
     async def _message(self, conn: WsConnection, frame: dict[str, Any]) -> None:
-        payload = load(frames.WsMessageIn(), frame)
+        payload = load(schema_of(frames.WsMessageIn), frame)
         message = await self._sessions.send(
             conn.state,
             payload["room_id"],
@@ -468,12 +468,12 @@ class WsHandler:
             conn.send(frames.message_ack_frame(message.to_dict()))
 
     async def _typing(self, conn: WsConnection, frame: dict[str, Any]) -> None:
-        payload = load(frames.WsTypingIn(), frame)
+        payload = load(schema_of(frames.WsTypingIn), frame)
         await self._sessions.typing(conn.state, payload["room_id"], payload["is_typing"])
 
     async def _react(self, conn: WsConnection, frame: dict[str, Any]) -> None:
         # Answered by the room's message_reaction frame (the reactor included), or an error.
-        payload = load(frames.WsReactIn(), frame)
+        payload = load(schema_of(frames.WsReactIn), frame)
         await self._sessions.react(conn.state, payload["message_id"], payload["reaction"], remove=payload["remove"])
 
 

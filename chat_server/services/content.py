@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import bleach
-from bleach.linkifier import Linker
+from bleach.linkifier import URL_RE, Linker
 
 # C0/C1 controls except tab and newline, plus zero-width and bidi-override characters
 # that can hide text from readers and filters.
@@ -51,6 +51,12 @@ def to_plain_text(raw: str) -> str:
         # Drop invisible/control characters before bleach: html5lib turns some of them
         # (e.g. BEL, ESC) into a visible "?" instead of removing them.
         text = _INVISIBLE.sub("", text)
+        if "<" not in text and "&" not in text:
+            # Nothing bleach could strip or unescape: with neither a tag nor an entity,
+            # clean() only escapes ">" and unescape() undoes it, so the text is already
+            # its own result.  Most chat messages end here, without an HTML parse
+            # (equivalence: tests/unit/test_content.py).
+            break
         stripped = html.unescape(bleach.clean(text, tags=set(), attributes={}, strip=True, strip_comments=True))
         if stripped == text:
             break
@@ -77,7 +83,15 @@ def find_mentions(text: str) -> list[str]:
 
 
 def _linkify(text: str) -> str:
-    return _linker().linkify(html.escape(text, quote=True)) if text else ""
+    if not text:
+        return ""
+    escaped = html.escape(text, quote=True)
+    if URL_RE.search(escaped) is None and "\r" not in escaped and _INVISIBLE.search(escaped) is None:
+        # No link for the linker to mark up: its parse and re-serialisation give back the
+        # escaped text unchanged, so skip them (the linker's own pattern decides; a match
+        # anywhere sends the text through the linker).  Equivalence: tests/unit/test_content.py.
+        return escaped
+    return _linker().linkify(escaped)
 
 
 def to_html(text: str, mentions: Mapping[str, str] | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -55,6 +56,49 @@ def new_message_id() -> str:
     return uuid.uuid4().hex
 
 
+class BroadcastOrder:
+    """This node announces a room's new messages in the order they were stored.
+
+    A sender takes its turn synchronously when its insert returns (callers resume in
+    commit order: ``storage.group_commit`` hands a batch's results out in ``seq`` order,
+    and batches in batch order), then waits for the previous turn of the room before it
+    broadcasts.  Rooms do not wait for each other.  A broadcast that hangs does not hold
+    the room up for more than ``max_wait_s``: order is then given up for liveness."""
+
+    def __init__(self, max_wait_s: float = 5.0) -> None:
+        self._max_wait = max_wait_s
+        self._tails: dict[str, asyncio.Future[None]] = {}
+
+    def take(self, room_id: str) -> _Turn:
+        previous = self._tails.get(room_id)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tails[room_id] = mine
+        return _Turn(self._tails, room_id, previous, mine, self._max_wait)
+
+
+class _Turn:
+    __slots__ = ("_tails", "_room_id", "_previous", "_mine", "_max_wait")
+
+    def __init__(self, tails: dict[str, asyncio.Future[None]], room_id: str, previous: asyncio.Future[None] | None,
+                 mine: asyncio.Future[None], max_wait: float) -> None:
+        self._tails = tails
+        self._room_id = room_id
+        self._previous = previous
+        self._mine = mine
+        self._max_wait = max_wait
+
+    async def wait(self) -> None:
+        previous = self._previous
+        if previous is not None and not previous.done():
+            await asyncio.wait((previous,), timeout=self._max_wait)  # never cancels ``previous``
+
+    def release(self) -> None:
+        if not self._mine.done():
+            self._mine.set_result(None)
+        if self._tails.get(self._room_id) is self._mine:
+            del self._tails[self._room_id]
+
+
 class MessageService:
     def __init__(
         self,
@@ -76,6 +120,7 @@ class MessageService:
         self._events = events
         self._limits = limits
         self._new_id = id_factory
+        self._order = BroadcastOrder()
 
     @property
     def limits(self) -> MessageLimits:
@@ -102,7 +147,7 @@ class MessageService:
         text = content.strip() if encrypted else content_pipeline.to_plain_text(content)
         if not text:
             raise MessageRejected("empty", "Message is empty")
-        room = await self._rooms.visible(user, room_id)
+        room = await self._rooms.visible(user, room_id, cached=True)
         # Banned users are refused before anything else; a shadow-banned user's message is
         # stored marked, shown only to them (broadcaster) and hidden from others' history.
         shadow = await self._bans.check_post(user, room.id) if self._bans is not None else False
@@ -133,17 +178,23 @@ class MessageService:
         )
         message, created = await self._messages.insert(new)
         if created:
-            if self._guard is not None:
-                await self._guard.accepted(user, room, message)
-            # After commit, through the one door.  A failed broadcast must not turn a
-            # stored message into an error: clients catch up by seq.
+            # Taken before anything else awaits: see BroadcastOrder.
+            turn = self._order.take(message.room_id)
             try:
-                await self._events.message_created(message)
-                for mentioned in message.mentions:
-                    if mentioned != user.user_id:
-                        await self._events.mentioned(mentioned, message)
-            except Exception:
-                log.exception("broadcast of message %s in %s failed", message.message_id, message.room_id)
+                if self._guard is not None:
+                    await self._guard.accepted(user, room, message)
+                await turn.wait()
+                # After commit, through the one door.  A failed broadcast must not turn a
+                # stored message into an error: clients catch up by seq.
+                try:
+                    await self._events.message_created(message)
+                    for mentioned in message.mentions:
+                        if mentioned != user.user_id:
+                            await self._events.mentioned(mentioned, message)
+                except Exception:
+                    log.exception("broadcast of message %s in %s failed", message.message_id, message.room_id)
+            finally:
+                turn.release()
         return message
 
     def _limit(self, limit: int | None) -> int:

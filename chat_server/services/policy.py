@@ -39,6 +39,7 @@ refused as a duplicate or as slow mode: when a check refuses a message that carr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -267,22 +268,34 @@ class MessageGuard:
         if not modes.may_post(user):
             await self._refuse_gated(modes, exempt)
 
-        await self._rate_limit("msg", user, address, exempt)
+        # The user's recent messages (repeat rule) are read while the rate limit is hit:
+        # a read has no effect, and with Redis both commands share one round trip
+        # (storage.redis_pipeline).  Unused if the message is refused before that rule.
+        own_recent: asyncio.Future[list[str]] | None = None
+        if not encrypted and policy.moderation and policy.spam:
+            own_recent = asyncio.ensure_future(self._spam.recent_texts(user.user_id))
+        try:
+            await self._rate_limit("msg", user, address, exempt)
 
-        if not encrypted:
-            text = await self._content(user, text, modes, exempt)
-            if policy.moderation and policy.spam:
-                try:
-                    await self._spam.check_repeats(user.user_id, text)
-                except MessageRejected:
-                    if not await exempt():
-                        raise
-            if modes.unique_chat:
-                current = normalise(text)
-                recent = await self._recent.recent(_unique_key(room.id), policy.unique_window_ms)
-                if current in recent and not await exempt():
-                    raise MessageRejected("duplicate", "This message was posted in this room recently (unique chat)",
-                                          details={"rule": "unique_chat", "window_ms": policy.unique_window_ms})
+            if not encrypted:
+                text = await self._content(user, text, modes, exempt)
+                if own_recent is not None:
+                    try:
+                        await self._spam.check_repeats(user.user_id, text, recent=await own_recent)
+                    except MessageRejected:
+                        if not await exempt():
+                            raise
+                if modes.unique_chat:
+                    current = normalise(text)
+                    recent = await self._recent.recent(_unique_key(room.id), policy.unique_window_ms)
+                    if current in recent and not await exempt():
+                        raise MessageRejected("duplicate", "This message was posted in this room recently (unique chat)",
+                                              details={"rule": "unique_chat", "window_ms": policy.unique_window_ms})
+        finally:
+            if own_recent is not None:
+                if not own_recent.done():
+                    own_recent.cancel()
+                own_recent.add_done_callback(_retrieve)
 
         slow_ms = modes.slow_mode_ms
         if slow_ms > 0 and not user.is_global_moderator:
@@ -349,3 +362,8 @@ class MessageGuard:
 
 def _unique_key(room_id: str) -> str:
     return f"uc:{room_id}"
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # an abandoned read: nothing to report

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +56,47 @@ class MemberView:
         return {"user_id": self.user_id, "username": self.username, "avatar": self.avatar, "role": self.role, "online": self.online}
 
 
+class RoomCache:
+    """Per-node cache of room rows for the send path (``visible(..., cached=True)``), kept
+    for ``ttl_s`` seconds (``clock`` is monotonic).
+
+    Every room update drops the room on every node: ``RoomService.update`` forgets it
+    locally and announces ``room_updated`` on the bus, whose local delivery on each node
+    calls :meth:`RoomService.forget` (``realtime.room_cache_relay``); the TTL only bounds
+    staleness if the bus lost a message.  Only rows are cached (a room's type never
+    changes), never a membership or a missing room.  The counters in a cached row
+    (``message_count``, ``last_seq``) are stale: callers that show them read fresh."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic, *, max_rooms: int = 10_000) -> None:
+        self._ttl = ttl_s
+        self._clock = clock
+        self._max = max_rooms
+        self._rooms: dict[str, tuple[float, Room]] = {}
+        # Bumped by every ``forget``: a read that started before a change must not put its
+        # stale answer into the cache after the change was forgotten.
+        self.epoch = 0
+
+    def get(self, room_id: str) -> Room | None:
+        entry = self._rooms.get(room_id)
+        if entry is None or self._clock() - entry[0] > self._ttl:
+            return None
+        return entry[1]
+
+    def put(self, room: Room, *, epoch: int) -> None:
+        if epoch != self.epoch:
+            return
+        if len(self._rooms) >= self._max and room.id not in self._rooms:
+            self._rooms.clear()  # crude but bounded; refilled from the database
+        self._rooms[room.id] = (self._clock(), room)
+
+    def forget(self, room_id: str | None = None) -> None:
+        self.epoch += 1
+        if room_id is None:
+            self._rooms.clear()
+        else:
+            self._rooms.pop(room_id, None)
+
+
 def check_room_id(room_id: Any) -> str:
     if not isinstance(room_id, str) or not ROOM_ID_PATTERN.match(room_id):
         raise ValidationFailed("room_id must be 1-128 letters, digits or _ - . : @", details={"room_id": ["Invalid room id."]})
@@ -62,8 +104,10 @@ def check_room_id(room_id: Any) -> str:
 
 
 class RoomService:
-    def __init__(self, rooms: RoomRepository, presence: OnlineLookup, policy: RoomPolicy, *, events: RoomEvents | None = None) -> None:
+    def __init__(self, rooms: RoomRepository, presence: OnlineLookup, policy: RoomPolicy, *, events: RoomEvents | None = None,
+                 cache: RoomCache | None = None) -> None:
         self._events = events
+        self._cache = cache
         self._rooms = rooms
         self._presence = presence
         self._policy = policy
@@ -77,10 +121,31 @@ class RoomService:
         membership = await self._rooms.membership(room.id, user.user_id)
         return membership is not None and membership.role in ("moderator", "owner")
 
-    async def visible(self, user: Principal, room_id: str) -> Room:
-        """The room if ``user`` may see it; a private room they are not in looks missing."""
+    def forget(self, room_id: str | None = None) -> None:
+        """Drop the cached row of ``room_id`` (every room's with None): the room changed."""
+        if self._cache is not None:
+            self._cache.forget(room_id)
+
+    async def _get(self, room_id: str, cached: bool) -> Room | None:
+        cache = self._cache
+        if not cached or cache is None:
+            return await self._rooms.get(room_id)
+        room = cache.get(room_id)
+        if room is None:
+            epoch = cache.epoch
+            room = await self._rooms.get(room_id)
+            if room is not None:
+                cache.put(room, epoch=epoch)
+        return room
+
+    async def visible(self, user: Principal, room_id: str, *, cached: bool = False) -> Room:
+        """The room if ``user`` may see it; a private room they are not in looks missing.
+
+        ``cached``: the room's row may come from this node's :class:`RoomCache` (the send
+        path: settings current to the last ``room_updated``, counters possibly stale).
+        Membership of a private room is always read."""
         check_room_id(room_id)
-        room = await self._rooms.get(room_id)
+        room = await self._get(room_id, cached)
         if room is None:
             raise NotFound("Room not found")
         if room.is_public or user.is_admin:
@@ -128,6 +193,7 @@ class RoomService:
             updated = await self._rooms.update(room_id, name=name, settings=settings)
         if updated is None:
             raise NotFound("Room not found")
+        self.forget(room_id)  # here at once; other nodes when room_updated reaches them
         if self._events is not None:
             try:  # after the write, through the broadcaster; a failed announcement is not a failed update
                 await self._events.room_updated(updated)

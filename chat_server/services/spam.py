@@ -24,9 +24,10 @@ import difflib
 import re
 import time
 import unicodedata
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 from bleach.linkifier import URL_RE
@@ -37,6 +38,7 @@ from .confusables import fold_confusables
 _WHITESPACE = re.compile(r"\s+")
 
 
+@lru_cache(maxsize=4096)
 def normalise(text: str) -> str:
     """The form duplicates are compared in: NFKC, lookalikes folded, case-folded,
     punctuation removed, white space collapsed.  A text that is nothing but punctuation
@@ -53,15 +55,38 @@ def count_links(text: str) -> int:
 
 def similar(a: str, b: str, threshold: float) -> bool:
     """Whether two normalised texts are identical or at least ``threshold`` similar."""
+    return _similar(a, _char_counts(a), b, threshold)
+
+
+@lru_cache(maxsize=4096)
+def _char_counts(text: str) -> Counter[str]:
+    # A user's remembered texts are compared with each of their next messages: counted
+    # once.  Read-only (never mutate a cached Counter).
+    return Counter(text)
+
+
+def _similar(a: str, a_counts: Counter[str], b: str, threshold: float) -> bool:
+    """``similar`` with ``a``'s character counts computed once for many ``b``."""
     if a == b:
         return True
     if threshold >= 1.0 or not a or not b:
         return False
     # Cheap upper bounds first: most pairs are ruled out by length alone.
-    if 2 * min(len(a), len(b)) / (len(a) + len(b)) < threshold:
+    length = len(a) + len(b)
+    if 2 * min(len(a), len(b)) / length < threshold:
         return False
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
+    # Then by the characters they share: exactly difflib's quick_ratio() (matches = the
+    # size of the multiset intersection, same float expression), computed with Counter
+    # instead of a Python loop per character, and without building a SequenceMatcher
+    # for the pairs it rules out.
+    shared = 0
+    for char, count in _char_counts(b).items():
+        mine = a_counts.get(char)
+        if mine:
+            shared += count if count < mine else mine
+    if 2.0 * shared / length < threshold:
+        return False
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= threshold
 
 
 @dataclass(frozen=True)
@@ -134,12 +159,25 @@ class SpamDetector:
     def _key(user_id: str) -> str:
         return f"dup:{user_id}"
 
-    async def check_repeats(self, user_id: str, text: str) -> None:
-        """Refuse a message the user already sent ``max_repeats`` times in the window."""
+    async def recent_texts(self, user_id: str) -> list[str]:
+        """The user's remembered texts within the window (what ``check_repeats`` compares
+        with), for a caller that reads them ahead of time."""
+        return await self._recent.recent(self._key(user_id), self._rules.duplicate_window_ms)
+
+    async def check_repeats(self, user_id: str, text: str, *, recent: list[str] | None = None) -> None:
+        """Refuse a message the user already sent ``max_repeats`` times in the window
+        (``recent``: the result of ``recent_texts``, when already read)."""
         rules = self._rules
         current = normalise(text)
-        recent = await self._recent.recent(self._key(user_id), rules.duplicate_window_ms)
-        copies = sum(1 for previous in recent if similar(current, previous, rules.similarity))
+        if recent is None:
+            recent = await self.recent_texts(user_id)
+        counts = _char_counts(current)
+        copies = 0
+        for previous in recent:
+            if _similar(current, counts, previous, rules.similarity):
+                copies += 1
+                if copies >= rules.max_repeats:
+                    break
         if copies >= rules.max_repeats:
             raise MessageRejected("duplicate", "You already sent this message",
                                   details={"rule": "repeated_message", "window_ms": rules.duplicate_window_ms})

@@ -150,4 +150,5 @@ class Database:
 
 
 UniqueViolation = psycopg2.errors.UniqueViolation
+TransactionRollbackError = psycopg2.extensions.TransactionRollbackError  # deadlock, serialization failure
 ForeignKeyViolation = psycopg2.errors.ForeignKeyViolation

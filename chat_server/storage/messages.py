@@ -1,12 +1,20 @@
-"""Messages: the gapless per-room insert and keyset history reads."""
+"""Messages: the gapless per-room insert (one message, or a batch in one statement) and
+keyset history reads."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from ..domain import HistoryPage, Message, NewMessage
-from .db import Database, Json, UniqueViolation
+from ..errors import Unavailable
+from .db import Database, Json, TransactionRollbackError, UniqueViolation
+from .group_commit import BatchStats, GroupCommit
+
+log = logging.getLogger(__name__)
 
 # Reactions are aggregated per emoji at read time from the reactions table (one row per
 # user and emoji), so a user counts once and the counts can never drift.
@@ -36,6 +44,72 @@ SELECT %(message_id)s, %(room_id)s, bumped.last_seq, %(user_id)s, %(username)s, 
 FROM bumped
 RETURNING seq, created_at
 """
+
+# A batch of messages (any rooms) in ONE statement, so one round trip and one implicit
+# transaction: all of it is stored or none of it.
+#
+# * ``input``: the batch as JSON rows; ``i`` is the position in the batch (callers'
+#   arrival order).  Repeats of a (room, user, client_msg_id) inside the batch are
+#   removed before it is sent (``MessageStore.insert_many``).
+# * ``replayed``: rows whose client_msg_id is already stored: they get the original
+#   message back, store nothing and take no seq.  (Correlated lookups and ``= ANY(ARRAY(…))``
+#   keep the plan on the indexes whatever the planner guesses about the JSON's row count.)
+# * ``fresh``: the others, numbered per room in arrival order (``rn``).
+# * ``locked``: the rooms' rows, locked in id order, so two batches (on this node or
+#   another) that share rooms queue up behind each other instead of deadlocking.  The
+#   row lock is what serialises a room's writers, as for the single insert.
+# * ``bumped``: each room's last_seq/message_count moves on by its count of fresh rows;
+#   ``base`` is the last seq before the batch, so the room's rows get base+1 … base+n
+#   (``bases``: room -> base as one JSON object, a lookup per row whatever the plan).
+# * a room that does not exist gets no ``bumped`` row, so its messages are not inserted
+#   (the caller gets ``LookupError``, like the single insert).
+# A unique violation (another node stored the same client_msg_id after this statement's
+# snapshot) rolls all of it back, counters included: seq stays gapless either way.
+_INSERT_BATCH = """
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS x(
+        i int, message_id text, room_id text, user_id text, username text, avatar text, type text,
+        content text, content_html text, metadata jsonb, mentions text[], reply_to text, client_msg_id text)
+),
+lookups AS MATERIALIZED (
+    SELECT i.i, (SELECT m.message_id FROM messages m
+                 WHERE m.room_id = i.room_id AND m.user_id = i.user_id AND m.client_msg_id = i.client_msg_id
+                       AND m.client_msg_id IS NOT NULL) AS message_id
+    FROM input i WHERE i.client_msg_id IS NOT NULL
+),
+replayed AS (SELECT i, message_id FROM lookups WHERE message_id IS NOT NULL),
+fresh AS (
+    SELECT i.*, row_number() OVER (PARTITION BY i.room_id ORDER BY i.i) AS rn
+    FROM input i WHERE NOT EXISTS (SELECT 1 FROM replayed r WHERE r.i = i.i)
+),
+counts AS (SELECT room_id, count(*) AS n FROM fresh GROUP BY room_id),
+locked AS (SELECT r.id FROM rooms r WHERE r.id = ANY(ARRAY(SELECT room_id FROM counts)) ORDER BY r.id FOR UPDATE),
+bumped AS (
+    UPDATE rooms r SET last_seq = r.last_seq + c.n, message_count = r.message_count + c.n
+    FROM counts c
+    WHERE r.id = ANY(ARRAY(SELECT id FROM locked)) AND c.room_id = r.id
+    RETURNING r.id, r.last_seq - c.n AS base
+),
+bases AS (SELECT jsonb_object_agg(id, base) AS base_of FROM bumped),
+inserted AS (
+    INSERT INTO messages (message_id, room_id, seq, user_id, username, avatar, type, content,
+                          content_html, metadata, mentions, reply_to, client_msg_id)
+    SELECT f.message_id, f.room_id, (b.base_of ->> f.room_id)::bigint + f.rn, f.user_id, f.username, f.avatar, f.type,
+           f.content, f.content_html, f.metadata, f.mentions, f.reply_to, f.client_msg_id
+    FROM fresh f CROSS JOIN bases b
+    WHERE b.base_of ? f.room_id
+    ORDER BY f.room_id, f.rn
+    RETURNING message_id, seq, created_at
+)
+SELECT i.i, ins.seq AS new_seq, ins.created_at AS new_created_at, r.message_id AS replayed_id
+FROM input i
+LEFT JOIN inserted ins ON ins.message_id = i.message_id
+LEFT JOIN replayed r ON r.i = i.i
+"""
+
+# How often a batch is retried after losing a client_msg_id race to another writer
+# before its messages are stored one by one instead.
+_BATCH_RACE_RETRIES = 2
 
 
 def _hidden_from(viewer: str | None) -> tuple[str, tuple[str, ...]]:
@@ -72,16 +146,175 @@ def message_from_row(row: Mapping[str, Any]) -> Message:
     )
 
 
-class MessageStore:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+def _stored(new: NewMessage, seq: int, created_at: Any) -> Message:
+    return Message(
+        message_id=new.message_id,
+        room_id=new.room_id,
+        seq=seq,
+        user_id=new.user.user_id,
+        username=new.user.username,
+        avatar=new.user.avatar,
+        content=new.content,
+        content_html=new.content_html,
+        type=new.type,
+        created_at=created_at,
+        mentions=new.mentions,
+        reply_to=new.reply_to,
+        client_msg_id=new.client_msg_id,
+        metadata=new.metadata,
+    )
 
-    async def insert(self, new: NewMessage) -> tuple[Message, bool]:
-        """Store ``new``; returns ``(message, created)``.
+
+def _batch_row(i: int, new: NewMessage) -> dict[str, Any]:
+    return {
+        "i": i,
+        "message_id": new.message_id,
+        "room_id": new.room_id,
+        "user_id": new.user.user_id,
+        "username": new.user.username,
+        "avatar": new.user.avatar,
+        "type": new.type,
+        "content": new.content,
+        "content_html": new.content_html,
+        "metadata": dict(new.metadata),
+        "mentions": list(new.mentions),
+        "reply_to": new.reply_to,
+        "client_msg_id": new.client_msg_id,
+    }
+
+
+InsertResult = tuple[Message, bool]
+
+
+class MessageStore:
+    """``batching``: concurrent ``insert`` calls are written together, one statement per
+    batch (``storage.group_commit``); without it, one statement per message."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        batching: bool = False,
+        max_batch: int = 256,
+        max_in_flight: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._db = db
+        # Batches retried after losing a client_msg_id race, and batches stored one message
+        # at a time after PostgreSQL refused one of their values (for tests and metrics).
+        self.batch_retries = 0
+        self.batch_fallbacks = 0
+        self._writer: GroupCommit[NewMessage, InsertResult] | None = (
+            GroupCommit(self.insert_many, max_batch=max_batch, max_in_flight=max_in_flight, on_batch=on_batch) if batching else None
+        )
+
+    @property
+    def batch_stats(self) -> BatchStats | None:
+        """Batch counters when batching is on (sizes > 1 mean writes were grouped)."""
+        return self._writer.stats if self._writer is not None else None
+
+    async def insert(self, new: NewMessage) -> InsertResult:
+        """Store ``new``; returns ``(message, created)`` once it is committed.
 
         ``created`` is False when the same user already sent ``client_msg_id`` in this
         room: the original message is returned and nothing new is stored.
         """
+        if self._writer is not None:
+            return await self._writer.submit(new)
+        return await self.insert_one(new)
+
+    async def insert_many(self, batch: Sequence[NewMessage]) -> list[InsertResult | BaseException]:
+        """Store a batch in one statement: per item ``(message, created)``, or
+        ``LookupError`` when its room does not exist.  Gapless per room in batch order;
+        idempotent on client_msg_id against what is stored and within the batch.
+
+        Raises ``Unavailable`` (nothing stored) when the database cannot be reached.  Any
+        other failure of the batch statement (a value PostgreSQL refuses in one message)
+        stores the batch one message at a time, so each caller gets its own outcome.
+        """
+        # The first of several items with the same (room, user, client_msg_id) is the one
+        # written; the others get its outcome with created=False.
+        first_of: dict[tuple[str, str, str], int] = {}
+        unique: list[int] = []
+        repeat_of: dict[int, int] = {}
+        for index, new in enumerate(batch):
+            if new.client_msg_id is not None:
+                key = (new.room_id, new.user.user_id, new.client_msg_id)
+                first = first_of.setdefault(key, index)
+                if first != index:
+                    repeat_of[index] = first
+                    continue
+            unique.append(index)
+        results: list[InsertResult | BaseException | None] = [None] * len(batch)
+        outcome = await self._write_batch([batch[i] for i in unique])
+        for position, index in enumerate(unique):
+            results[index] = outcome[position]
+        for index, first in repeat_of.items():
+            original = results[first]
+            results[index] = (original[0], False) if isinstance(original, tuple) else original
+        return results  # type: ignore[return-value]
+
+    async def _write_batch(self, batch: list[NewMessage]) -> list[InsertResult | BaseException]:
+        for _attempt in range(1 + _BATCH_RACE_RETRIES):
+            try:
+                payload = orjson.dumps([_batch_row(i, new) for i, new in enumerate(batch)]).decode()
+                rows = await self._db.fetch(_INSERT_BATCH, {"batch": payload})
+            except (UniqueViolation, TransactionRollbackError):
+                # Another writer stored one of these client_msg_ids after this statement
+                # took its snapshot (or, defensively, a deadlock/serialisation failure):
+                # nothing of the batch was stored.  The next attempt sees that message and
+                # returns it as the original.
+                self.batch_retries += 1
+                continue
+            except Unavailable:
+                raise
+            except Exception:
+                log.warning("batch insert of %d messages failed; storing them one by one", len(batch), exc_info=True)
+                break
+            return await self._batch_results(batch, rows)
+        self.batch_fallbacks += 1
+        return await self._one_by_one(batch)
+
+    async def _batch_results(self, batch: list[NewMessage], rows: list[dict[str, Any]]) -> list[InsertResult | BaseException]:
+        results: list[InsertResult | BaseException | None] = [None] * len(batch)
+        replayed: dict[int, str] = {}
+        for row in rows:
+            i = row["i"]
+            if row["new_seq"] is not None:
+                results[i] = (_stored(batch[i], int(row["new_seq"]), row["new_created_at"]), True)
+            elif row["replayed_id"] is not None:
+                replayed[i] = row["replayed_id"]
+            else:
+                results[i] = LookupError(f"room {batch[i].room_id!r} does not exist")
+        if replayed:
+            # Rare (client retries): the originals, with their reactions, in one more read.
+            # The batch is committed by now: if this read fails, only the retries fail.
+            try:
+                originals = await self._db.fetch(f"SELECT {_COLUMNS} FROM messages m WHERE m.message_id = ANY(%s)",
+                                                 (list(set(replayed.values())),))
+            except Exception as exc:
+                for i in replayed:
+                    results[i] = exc
+            else:
+                by_id = {row["message_id"]: message_from_row(row) for row in originals}
+                for i, message_id in replayed.items():
+                    original = by_id.get(message_id)
+                    results[i] = (original, False) if original is not None else LookupError(f"message {message_id!r} vanished")
+        return [r if r is not None else LookupError("message missing from the batch result") for r in results]
+
+    async def _one_by_one(self, batch: list[NewMessage]) -> list[InsertResult | BaseException]:
+        """Each message in its own statement, each caller with its own outcome (some may
+        be stored when the database goes away half-way: their callers hear so)."""
+        results: list[InsertResult | BaseException] = []
+        for new in batch:
+            try:
+                results.append(await self.insert_one(new))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    async def insert_one(self, new: NewMessage) -> InsertResult:
+        """Store one message in its own statement (the path without batching)."""
         if new.client_msg_id is not None:
             existing = await self.by_client_msg_id(new.room_id, new.user.user_id, new.client_msg_id)
             if existing is not None:
@@ -111,23 +344,7 @@ class MessageStore:
             return existing, False
         if row is None:
             raise LookupError(f"room {new.room_id!r} does not exist")
-        message = Message(
-            message_id=new.message_id,
-            room_id=new.room_id,
-            seq=int(row["seq"]),
-            user_id=new.user.user_id,
-            username=new.user.username,
-            avatar=new.user.avatar,
-            content=new.content,
-            content_html=new.content_html,
-            type=new.type,
-            created_at=row["created_at"],
-            mentions=new.mentions,
-            reply_to=new.reply_to,
-            client_msg_id=new.client_msg_id,
-            metadata=new.metadata,
-        )
-        return message, True
+        return _stored(new, int(row["seq"]), row["created_at"]), True
 
     async def get(self, message_id: str) -> Message | None:
         row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM messages m WHERE m.message_id = %s", (message_id,))

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..services.ratelimit import ALLOWED, Decision, Limit, RateLimitStore
+from .redis_pipeline import AutoPipeline
 from .resilient import OutageLog
 
 # KEYS[i]: the sorted set of limit i.  ARGV[1]: now in ms ("" = use Redis TIME),
@@ -54,11 +55,16 @@ return {1, 0, 0}
 
 
 class RedisRateLimitStore:
-    def __init__(self, redis: Redis, *, prefix: str, clock: Callable[[], float] | None = None) -> None:
+    """``pipeline``: send the script through the process's ``AutoPipeline`` (shares a round
+    trip with concurrent commands); without it, one round trip per hit."""
+
+    def __init__(self, redis: Redis, *, prefix: str, clock: Callable[[], float] | None = None,
+                 pipeline: AutoPipeline | None = None) -> None:
         self._redis = redis
         self._prefix = prefix
         self._clock = clock
         self._script = redis.register_script(_HIT)
+        self._pipeline = pipeline
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}:rl:{key}"
@@ -70,7 +76,11 @@ class RedisRateLimitStore:
         args: list[str | int] = [now, uuid.uuid4().hex]
         for limit in limits:
             args.extend((limit.max_hits, limit.window_ms))
-        allowed, retry_after_ms, index = await self._script(keys=[self._key(limit.key) for limit in limits], args=args)
+        keys = [self._key(limit.key) for limit in limits]
+        if self._pipeline is not None:
+            allowed, retry_after_ms, index = await self._pipeline.eval_script(_HIT, self._script.sha, keys, args)
+        else:
+            allowed, retry_after_ms, index = await self._script(keys=keys, args=args)
         if int(allowed):
             return ALLOWED
         return Decision(False, int(retry_after_ms), limits[int(index) - 1])

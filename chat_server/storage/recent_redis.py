@@ -2,7 +2,9 @@
 
 Key ``{prefix}:recent:{key}``: a sorted set scored by time in milliseconds whose members
 are ``<random id>:<text>`` (the id keeps two equal texts apart).  Reads and writes are one
-round trip each (a MULTI pipeline); the set expires one window after its last write.
+command each (a write is one Lua script: add, trim by time and count, expire, atomically),
+sent through the process's ``AutoPipeline`` when given one (sharing a round trip with
+concurrent commands); the set expires one window after its last write.
 """
 
 from __future__ import annotations
@@ -15,26 +17,49 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..services.spam import RecentStore
+from .redis_pipeline import AutoPipeline
 from .resilient import OutageLog
+
+# KEYS[1]: the set.  ARGV: now_ms, member, window_ms, keep.  What the MULTI block below
+# does, as one script (so it can share a pipeline with other callers' commands).
+_ADD = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[4]) + 1))
+redis.call('PEXPIRE', KEYS[1], window)
+return 1
+"""
 
 
 class RedisRecentStore:
-    def __init__(self, redis: Redis, *, prefix: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, clock: Callable[[], float] = time.time,
+                 pipeline: AutoPipeline | None = None) -> None:
         self._redis = redis
         self._prefix = prefix
         self._clock = clock
+        self._pipeline = pipeline
+        self._add_sha = redis.register_script(_ADD).sha
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}:recent:{key}"
 
     async def recent(self, key: str, window_ms: int) -> list[str]:
         now_ms = round(self._clock() * 1000)
-        members: list[bytes] = await self._redis.zrangebyscore(self._key(key), f"({now_ms - window_ms}", "+inf")  # type: ignore[assignment]
+        members: list[bytes]
+        if self._pipeline is not None:
+            members = await self._pipeline.execute("ZRANGEBYSCORE", self._key(key), f"({now_ms - window_ms}", "+inf")
+        else:
+            members = await self._redis.zrangebyscore(self._key(key), f"({now_ms - window_ms}", "+inf")  # type: ignore[assignment]
         return [m.decode("utf-8", "replace").split(":", 1)[1] for m in members]
 
     async def add(self, key: str, text: str, window_ms: int, keep: int) -> None:
         now_ms = round(self._clock() * 1000)
         name = self._key(key)
+        if self._pipeline is not None:
+            await self._pipeline.eval_script(_ADD, self._add_sha, [name], [now_ms, f"{uuid.uuid4().hex[:12]}:{text}", window_ms, keep])
+            return
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(name, {f"{uuid.uuid4().hex[:12]}:{text}": now_ms})
             pipe.zremrangebyscore(name, "-inf", now_ms - window_ms)

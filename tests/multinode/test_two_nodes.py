@@ -80,3 +80,29 @@ async def test_reactions_mentions_and_rest_emits_cross_nodes(start_node):
             await c.disconnect()
     for c in (alice, bob, bob_elsewhere):
         c.assert_valid()
+
+
+async def test_a_room_change_on_one_node_applies_at_once_on_the_other(start_node):
+    """Node b caches the room's row for its senders; a change made through node a drops it
+    there as soon as room_updated arrives (not after the cache's TTL)."""
+    from tests.conftest import rest
+
+    a = await start_node(redis_url=REDIS_URL, room_cache_ttl_s=300.0)
+    b = await start_node(redis_url=REDIS_URL, room_cache_ttl_s=300.0)
+    room = unique()
+    status, body = await rest(a, "POST", "/api/rooms", "owner", role="moderator", json={"id": room, "name": "r"})
+    assert status == 201, body
+    bob = await _client(b.url, "bob")
+    try:
+        assert (await bob.call("join_room", {"room_id": room}))["ok"]
+        await asyncio.sleep(0.2)
+        assert (await bob.call("send_message", {"room_id": room, "content": "plain words"}))["ok"]  # cached on b now
+        status, body = await rest(a, "PATCH", f"/api/rooms/{room}", "owner", role="moderator", json={"settings": {"emoji_only": True}})
+        assert status == 200, body
+        await bob.wait_for("room_updated", lambda e: e["room_id"] == room)
+        ack = await bob.call("send_message", {"room_id": room, "content": "more plain words"})
+        assert ack["ok"] is False and ack["error"]["code"] == "message_rejected", ack
+        assert (await bob.call("send_message", {"room_id": room, "content": "👍"}))["ok"]
+    finally:
+        await bob.disconnect()
+    bob.assert_valid()

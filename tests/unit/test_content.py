@@ -161,3 +161,71 @@ def test_encrypted_passthrough():
     r = render(ciphertext, encrypted=True)
     assert r.content == ciphertext.strip()  # opaque: not sanitised, not decoded
     assert r.content_html is None
+
+
+# --- the fast paths give exactly what bleach gives ------------------------------------------
+# to_plain_text skips bleach when the text has neither "<" nor "&"; to_html skips the
+# linker when its URL pattern finds nothing.  Both must be invisible: compare with the
+# bleach path on many generated texts (tags, entities, links, controls, odd code points).
+
+import html as _html  # noqa: E402
+import random  # noqa: E402
+
+import bleach  # noqa: E402
+
+from chat_server.services import content as _content  # noqa: E402
+
+_POOL = list("abcxyz ABC019_-.:/?#@!\"'()[]{}>\t\n\r\x00\x01\x0b\x0c\x1b\x7f\x85\xa0\xad\u200b\u202e\ufeff\ufffd\ufffe\uffff"
+             "\ufdd0\ud800\udc00éß😀…·ｈ")
+_PIECES = ["http://", "https://x.io/a?b=c", "www.", "example.com", "foo.org", ".com", "a.b", "mailto:", "@user", "<", "&",
+           "&amp;", "&#39;", "&lt;b&gt;", "<b>", "</i>", "<!--", "-->", "<script>", "&nbsp;", ";", "e.g.", "x.co", "1.2.3",
+           "ftp://h.net", "it's", '"quoted"', "a > b", "\r\n"]
+
+
+def _texts(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts = [rng.choice(_PIECES) if rng.random() < 0.25 else "".join(rng.choice(_POOL) for _ in range(rng.randint(1, 6)))
+                 for _ in range(rng.randint(0, 12))]
+        out.append("".join(parts))
+    return out
+
+
+def _plain_reference(raw: str) -> str:
+    """to_plain_text as it was before the fast path: always through bleach."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", raw)
+    for _ in range(3):
+        text = _content._INVISIBLE.sub("", text)
+        stripped = _html.unescape(bleach.clean(text, tags=set(), attributes={}, strip=True, strip_comments=True))
+        if stripped == text:
+            break
+        text = stripped
+    text = _content._INVISIBLE.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _content._SPACES.sub(" ", text)
+    text = _content._BLANK_LINES.sub("\n\n", text)
+    return text.strip()
+
+
+def _linkify_reference(text: str) -> str:
+    return _content._linker().linkify(_html.escape(text, quote=True)) if text else ""
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_plain_text_fast_path_equals_bleach(seed):
+    texts = _texts(seed, 2500) + ["plain words only", "a > b and c", "it's \"fine\"", "tabs\tand\nnewlines", "😀 ünïcödé"]
+    skipped = 0
+    for raw in texts:
+        assert _content.to_plain_text(raw) == _plain_reference(raw), repr(raw)
+        skipped += "<" not in raw and "&" not in raw
+    assert skipped > 500  # the fast path was exercised
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_linkify_fast_path_equals_the_linker(seed):
+    texts = _texts(100 + seed, 2500) + ["no links here", "a.b and 1.5", "it's <b> & \"q\""]
+    texts += [_content.to_plain_text(t) for t in texts[:800]]  # what to_html really gets
+    for text in texts:
+        assert _content._linkify(text) == _linkify_reference(text), repr(text)

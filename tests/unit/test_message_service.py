@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Mapping
 from dataclasses import replace
@@ -336,3 +337,83 @@ async def test_history_limit_bounds_and_cursors(world):
 async def test_history_before_and_after_together_is_invalid(world):
     with pytest.raises(errors.ValidationFailed):
         await world.service.history(ALICE, "lobby", before_seq=5, after_seq=1)
+
+
+# --- the room cache of the send path --------------------------------------------------------
+
+
+class CountingRooms(FakeRooms):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, room_id: str) -> Room | None:
+        self.gets += 1
+        return await super().get(room_id)
+
+
+async def test_room_cache_serves_the_send_path_and_forgets_on_update():
+    from chat_server.realtime.room_cache_relay import RoomCacheRelay
+    from chat_server.services.rooms import RoomCache
+
+    clock = [0.0]
+    repo = CountingRooms()
+    repo.add("lobby")
+    service = RoomService(repo, FakePresence(), RoomPolicy(), cache=RoomCache(5.0, lambda: clock[0]))
+    assert (await service.visible(ALICE, "lobby", cached=True)).settings == {}
+    await service.visible(ALICE, "lobby", cached=True)
+    assert repo.gets == 1
+    await service.visible(ALICE, "lobby")  # uncached reads always read
+    assert repo.gets == 2
+
+    updated = await service.update(MOD, "lobby", name=None, settings={"slow_mode_seconds": 5})  # forgets locally
+    assert (await service.visible(ALICE, "lobby", cached=True)).settings == updated.settings
+
+    repo.rooms["lobby"] = replace(repo.rooms["lobby"], settings={"emoji_only": True})  # changed on another node
+    assert (await service.visible(ALICE, "lobby", cached=True)).settings == updated.settings  # still cached here
+    await RoomCacheRelay(service).before_delivery("room_updated", {"room_id": "lobby"}, "r:lobby", None)
+    assert (await service.visible(ALICE, "lobby", cached=True)).settings == {"emoji_only": True}
+
+    repo.rooms["lobby"] = replace(repo.rooms["lobby"], settings={})
+    clock[0] += 6  # past the TTL: read again even without an invalidation
+    assert (await service.visible(ALICE, "lobby", cached=True)).settings == {}
+
+
+async def test_room_cache_never_keeps_a_read_older_than_an_invalidation():
+    from chat_server.services.rooms import RoomCache
+
+    repo = CountingRooms()
+    repo.add("lobby")
+    service = RoomService(repo, FakePresence(), RoomPolicy(), cache=RoomCache(60.0))
+    gate = asyncio.Event()
+    original_get = repo.get
+
+    async def slow_get(room_id: str) -> Room | None:
+        room = await original_get(room_id)
+        await gate.wait()  # the row was read; an update lands before it is cached
+        return room
+
+    repo.get = slow_get  # type: ignore[method-assign]
+    reading = asyncio.ensure_future(service.visible(ALICE, "lobby", cached=True))
+    await asyncio.sleep(0)
+    service.forget("lobby")
+    gate.set()
+    await reading
+    repo.get = original_get  # type: ignore[method-assign]
+    before = repo.gets
+    await service.visible(ALICE, "lobby", cached=True)
+    assert repo.gets == before + 1  # the stale read was not cached
+
+
+async def test_private_room_membership_is_always_checked_even_when_the_room_is_cached():
+    from chat_server.services.rooms import RoomCache
+
+    repo = CountingRooms()
+    repo.add("secret", type="private", members=("alice",))
+    service = RoomService(repo, FakePresence(), RoomPolicy(), cache=RoomCache(60.0))
+    assert (await service.visible(ALICE, "secret", cached=True)).id == "secret"
+    with pytest.raises(errors.NotFound):
+        await service.visible(BOB, "secret", cached=True)
+    del repo.members[("secret", "alice")]
+    with pytest.raises(errors.NotFound):
+        await service.visible(ALICE, "secret", cached=True)

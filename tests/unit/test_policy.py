@@ -200,6 +200,19 @@ async def test_unique_chat_refuses_recent_repeats_of_anyone() -> None:
     await w.send(BOB, "nice goal", unique)
 
 
+async def test_unique_chat_skips_encrypted_messages_and_comes_after_the_rate_limit() -> None:
+    w = World()
+    unique = room(unique_chat=True)
+    await w.send(ALICE, "Y2lwaGVy", unique, encrypted=True)
+    await w.send(BOB, "Y2lwaGVy", unique, encrypted=True)  # opaque: no content rule applies
+    await w.send(BOB, "Y2lwaGVy", unique)  # as text: first time the room sees it
+    error = await refused(w.send(BOB, "y2lwaGVy", unique))
+    assert isinstance(error, errors.MessageRejected) and error.details["rule"] == "unique_chat"
+    # Over the rate limit, a repeat is refused for the rate, before any content rule.
+    error = await refused(w.send(BOB, "Y2lwaGVy", unique))
+    assert isinstance(error, errors.RateLimited)
+
+
 async def test_gating_by_role_or_claim() -> None:
     w = World()
     subscribers = room(min_role="moderator", required_claim="subscriber")

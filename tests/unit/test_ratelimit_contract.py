@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from chat_server.services.ratelimit import Limit, MemoryRateLimitStore, RateLimitStore
 from chat_server.storage.ratelimit_redis import RedisRateLimitStore
+from chat_server.storage.redis_pipeline import AutoPipeline
 from tests.conftest import REDIS_URL
 
 
@@ -38,7 +39,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-pipelined"])
 async def make_store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[StoreFactory]:
     """Factory of stores that share state (several nodes of one deployment)."""
     if request.param == "memory":
@@ -47,8 +48,9 @@ async def make_store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncI
         return
     client = Redis.from_url(REDIS_URL)
     prefix = f"chattest:{uuid.uuid4().hex}"
+    pipeline = AutoPipeline(client) if request.param == "redis-pipelined" else None
     try:
-        yield lambda: RedisRateLimitStore(client, prefix=prefix, clock=clock)
+        yield lambda: RedisRateLimitStore(client, prefix=prefix, clock=clock, pipeline=pipeline)
     finally:
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
         if keys:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -12,6 +14,7 @@ from chat_server.errors import MessageRejected
 from chat_server.services.confusables import fold_confusables
 from chat_server.services.spam import MemoryRecentStore, RecentStore, SpamDetector, SpamRules, count_links, normalise, similar
 from chat_server.storage.recent_redis import RedisRecentStore
+from chat_server.storage.redis_pipeline import AutoPipeline
 from tests.conftest import REDIS_URL
 
 
@@ -62,6 +65,46 @@ def test_similarity(a: str, b: str, expected: bool) -> None:
     assert similar(a, b, 0.9) is expected
 
 
+def _similar_reference(a: str, b: str, threshold: float) -> bool:
+    """``similar`` as it was: difflib's quick_ratio on every pair that passes the length bound."""
+    if a == b:
+        return True
+    if threshold >= 1.0 or not a or not b:
+        return False
+    if 2 * min(len(a), len(b)) / (len(a) + len(b)) < threshold:
+        return False
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
+
+
+def test_similarity_equals_difflib_on_many_pairs() -> None:
+    rng = random.Random(7)
+    alphabet = "abcde fghij0123 éß😀"
+    agree = similar_pairs = 0
+    for _ in range(20_000):
+        a = "".join(rng.choice(alphabet[:rng.randint(2, len(alphabet))]) for _ in range(rng.randint(0, 30)))
+        if rng.random() < 0.5:  # a near-duplicate
+            chars = list(a)
+            for _ in range(rng.randint(0, 4)):
+                i = rng.randint(0, len(chars))
+                op = rng.random()
+                if op < 0.33 and chars:
+                    chars.pop(min(i, len(chars) - 1))
+                elif op < 0.66:
+                    chars.insert(i, rng.choice(alphabet))
+                elif chars:
+                    chars[min(i, len(chars) - 1)] = rng.choice(alphabet)
+            b = "".join(chars)
+        else:
+            b = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        threshold = rng.choice([0.0, 0.5, 0.8, 0.9, 0.95, 1.0])
+        expected = _similar_reference(a, b, threshold)
+        assert similar(a, b, threshold) is expected, (a, b, threshold)
+        agree += 1
+        similar_pairs += expected
+    assert similar_pairs > 1000 and agree - similar_pairs > 1000
+
+
 # --- stateless rules --------------------------------------------------------------------
 
 
@@ -109,7 +152,7 @@ async def test_repeats_within_the_window_are_duplicates(clock: FakeClock) -> Non
 # --- recent store contract ------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-pipelined"])
 async def make_recent(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Callable[[], RecentStore]]:
     if request.param == "memory":
         shared = MemoryRecentStore(clock)
@@ -117,8 +160,9 @@ async def make_recent(request: pytest.FixtureRequest, clock: FakeClock) -> Async
         return
     client = Redis.from_url(REDIS_URL)
     prefix = f"chattest:{uuid.uuid4().hex}"
+    pipeline = AutoPipeline(client) if request.param == "redis-pipelined" else None
     try:
-        yield lambda: RedisRecentStore(client, prefix=prefix, clock=clock)
+        yield lambda: RedisRecentStore(client, prefix=prefix, clock=clock, pipeline=pipeline)
     finally:
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
         if keys:

@@ -1,0 +1,425 @@
+"""The fast fan-out path (chat_server/realtime/fanout.py): used, in order, with the stock
+path as fallback for long-polling and upgrading sockets, and bounded for slow consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+from typing import Any
+
+import aiohttp
+import pytest
+import socketio
+
+from chat_server.realtime.broadcaster import room_channel, user_channel
+from chat_server.realtime.fanout import DirectSocket, OrjsonModule, check_internals, ws_frame
+from tests.conftest import REDIS_URL, make_token, rest, unique
+
+
+class RawClient:
+    """Engine.IO v4 / Socket.IO v5 over one WebSocket, packet by packet (no client library):
+    what arrives, in the order it arrives on the wire."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.packets: list[str] = []
+
+    async def connect(self, user: str) -> RawClient:
+        self.session = aiohttp.ClientSession()
+        self.ws = await self.session.ws_connect(f"{self.url}/socket.io/?EIO=4&transport=websocket")
+        opened = await self.ws.receive_str(timeout=5)
+        assert opened.startswith("0{"), opened
+        await self.ws.send_str("40" + json.dumps({"token": make_token(user)}))
+        reply = await self.next()
+        assert reply.startswith("40{"), reply
+        self.sid = json.loads(reply[2:])["sid"]
+        return self
+
+    async def next(self, timeout: float = 5) -> str:
+        while True:
+            data = await self.ws.receive_str(timeout=timeout)
+            if data == "2":  # Engine.IO ping
+                await self.ws.send_str("3")
+                continue
+            self.packets.append(data)
+            return data
+
+    async def emit(self, event: str, data: Any, ack_id: int | None = None) -> None:
+        await self.ws.send_str(f"42{'' if ack_id is None else ack_id}{json.dumps([event, data])}")
+
+    async def call(self, event: str, data: Any, ack_id: int) -> Any:
+        await self.emit(event, data, ack_id)
+        prefix = f"43{ack_id}["
+        while True:
+            packet = await self.next()
+            if packet.startswith(prefix):
+                return json.loads(packet[len(prefix) - 1:])[0]
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.session.close()
+
+
+def parse(packet: str) -> tuple[str, Any, Any]:
+    """``("event", name, data)`` or ``("ack", id, data)`` (an event's own ack id is dropped)."""
+    if packet[:2] not in ("42", "43"):
+        return "other", packet, None
+    body = packet[2:]
+    digits = len(body) - len(body.lstrip("0123456789"))
+    decoded = json.loads(body[digits:])
+    if packet.startswith("42"):
+        return "event", decoded[0], decoded[1] if len(decoded) > 1 else None
+    return "ack", int(body[:digits]), decoded
+
+
+def fanout_of(node: Any) -> Any:
+    fanout = node.components.sio.manager.fanout
+    assert fanout is not None and fanout.active, "the fast fan-out path is not installed"
+    return fanout
+
+
+# --- the pieces ---------------------------------------------------------------------------------
+
+
+def test_library_internals_it_relies_on_are_there():
+    # Fails when an upgrade of python-engineio/python-socketio/aiohttp changes what the fast
+    # path relies on (production would then log a warning and use the stock path).
+    assert check_internals() == []
+
+
+def test_frames_are_unmasked_server_frames():
+    assert ws_frame(b"42[]") == b"\x81\x0442[]"
+    assert ws_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
+    assert ws_frame(b"x" * 70000)[:10] == b"\x81\x7f" + struct.pack("!Q", 70000)
+    assert ws_frame(b"\x00", 0x2) == b"\x82\x01\x00"
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+@pytest.mark.parametrize("value", [
+    {"a": 1, "b": [1.5, None, True, "é ✓ 😀"], "c": {"d": ""}},
+    ["new_message", {"content": "<b>x</b> \\ \" \n", "n": -12, "f": 1e16}],
+    {1: "non-string key"},
+    {"big": 2**70},
+    {"nan": float("nan")},
+    "lone \ud800 surrogate",
+])
+def test_json_module_gives_the_same_values_as_the_standard_library(value):
+    encoded = OrjsonModule.dumps(value, separators=(",", ":"))
+    assert isinstance(encoded, str)
+    if value == {"nan": value["nan"]} if isinstance(value, dict) and "nan" in value else False:
+        # The one deliberate difference: NaN/Infinity (not JSON; JSON.parse fails on them)
+        # become null, as JavaScript's JSON.stringify does.
+        assert encoded == '{"nan":null}'
+    else:
+        assert canonical(json.loads(encoded)) == canonical(json.loads(json.dumps(value)))
+    text = json.dumps(value)
+    assert canonical(OrjsonModule.loads(text)) == canonical(json.loads(text))
+    assert OrjsonModule.dumps(value, indent=2) == json.dumps(value, indent=2)  # other options: the standard library
+
+
+def test_json_module_errors_are_the_standard_ones():
+    with pytest.raises(ValueError):
+        OrjsonModule.loads("{not json")
+    with pytest.raises(ValueError):
+        OrjsonModule.loads("1" * 5000)  # engine.io's guard against huge integers still applies
+    assert OrjsonModule.loads("[-99999999999999999999]") == [-99999999999999999999]  # an int, as with json
+    assert OrjsonModule.loads(b'{"a":"\\u00e9"}') == {"a": "é"}  # bytes, as the Redis bus gives them
+
+
+# --- on a running node ----------------------------------------------------------------------------
+
+
+async def test_fast_path_is_used_and_counted(node, connect):
+    room = unique()
+    alice = await connect("alice")
+    bob = await connect("bob")
+    assert (await alice.call("join_room", {"room_id": room}))["ok"]
+    assert (await bob.call("join_room", {"room_id": room}))["ok"]
+    stats = fanout_of(node).stats
+    before = stats.direct_deliveries
+    sent = await alice.call("send_message", {"room_id": room, "content": "hello"})
+    assert (await bob.wait_for("new_message"))["message_id"] == sent["message"]["message_id"]
+    assert stats.direct_deliveries >= before + 2  # bob and alice's echo
+    assert stats.direct_packets > 0  # the acks took the same direct path
+    sockets = list(node.components.sio.eio.sockets.values())
+    assert sockets and all(isinstance(s, DirectSocket) and s._direct is not None for s in sockets)
+    status, text = await rest(node, "GET", "/metrics")
+    assert status == 200
+    direct = [line for line in text.splitlines() if line.startswith('chat_fanout_deliveries_total{path="direct"}')]
+    assert direct and float(direct[0].split()[-1]) >= 2
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "stock"])
+async def test_acks_direct_emits_and_broadcasts_keep_their_order(start_node, fast):
+    node = await start_node(fast_fanout=fast)  # the stock path sets the expectations
+    assert (node.components.sio.manager.fanout is not None) is fast
+    sio = node.components.sio
+    room = unique()
+    pending: set[asyncio.Task[Any]] = set()
+
+    async def probe(sid: str, data: Any) -> dict[str, Any]:
+        i = data["i"]
+        # An ack id makes the manager take the stock path (one packet per recipient, through
+        # DirectSocket.send); the others take the fast path; the ack is DirectSocket.send.
+        await sio.emit("order", {"i": i, "kind": "call"}, to=sid, callback=lambda *a: None)
+        await sio.emit("order", {"i": i, "kind": "room"}, to=room_channel(room))  # broadcast
+        await sio.emit("order", {"i": i, "kind": "user"}, to=user_channel("alice"))  # user channel
+        await sio.emit("order", {"i": i, "kind": "call2"}, to=sid, callback=lambda *a: None)
+        await sio.emit("order", {"i": i, "kind": "sid"}, to=sid)  # one sid
+        # Runs right after the ack below is sent (same step as this return): must follow it.
+        after = asyncio.create_task(sio.emit("order", {"i": i, "kind": "after"}, to=room_channel(room)))
+        pending.add(after)
+        after.add_done_callback(pending.discard)
+        return {"i": i}
+
+    sio.on("probe", probe)
+    alice = await RawClient(node.url).connect("alice")
+    bob = await RawClient(node.url).connect("bob")
+    stop = asyncio.Event()
+
+    async def background() -> None:  # broadcasts from another task, interleaved with the probes
+        j = 0
+        while not stop.is_set():
+            await sio.emit("order", {"i": j, "kind": "bg"}, to=room_channel(room))
+            j += 1
+            await asyncio.sleep(0)
+
+    try:
+        assert (await alice.call("join_room", {"room_id": room}, 1))["ok"]
+        assert (await bob.call("join_room", {"room_id": room}, 1))["ok"]
+        bg = asyncio.create_task(background())
+        n = 150
+        for i in range(n):  # pipelined: the server handles them one after another
+            await alice.emit("probe", {"i": i}, ack_id=100 + i)
+        while True:
+            packet = await alice.next()
+            kind, ident, data = parse(packet)
+            if kind == "event" and ident == "order" and data == {"i": n - 1, "kind": "after"}:
+                break
+            if kind == "event" and data and data.get("kind") in ("call", "call2"):
+                await alice.ws.send_str(f"43{packet[2:].split('[', 1)[0]}[]")  # answer the server's call
+        stop.set()
+        await bg
+    finally:
+        stop.set()
+    expected: list[Any] = []
+    for i in range(n):
+        expected += [("call", i), ("room", i), ("user", i), ("call2", i), ("sid", i), ("ack", i), ("after", i)]
+    seen: list[Any] = []
+    background_seen: list[int] = []
+    for packet in alice.packets:
+        kind, ident, data = parse(packet)
+        if kind == "event" and ident == "order" and data["kind"] == "bg":
+            background_seen.append(data["i"])
+        elif kind == "event" and ident == "order":
+            seen.append((data["kind"], data["i"]))
+        elif kind == "ack" and ident >= 100:
+            seen.append(("ack", data[0]["i"]))
+    assert seen == expected
+    assert background_seen == sorted(background_seen) and len(set(background_seen)) == len(background_seen)
+    assert background_seen, "the background broadcasts did not interleave"
+    # bob (same room, another socket) sees the room's broadcasts in the same order
+    await asyncio.sleep(0.2)
+    while True:
+        try:
+            await bob.next(timeout=0.2)
+        except (asyncio.TimeoutError, TimeoutError):
+            break
+    bob_rooms = [parse(p)[2]["i"] for p in bob.packets if parse(p)[1] == "order" and parse(p)[2]["kind"] == "room"]
+    assert bob_rooms == list(range(n))
+    await alice.close()
+    await bob.close()
+
+
+async def test_polling_clients_get_everything_through_the_stock_path(node, connect):
+    room = unique()
+    alice = await connect("alice")  # WebSocket
+    bob = await connect("bob", transports=["polling"])
+    assert (await alice.call("join_room", {"room_id": room}))["ok"]
+    assert (await bob.call("join_room", {"room_id": room}))["ok"]
+    stats = fanout_of(node).stats
+    queued, direct = stats.queued_deliveries, stats.direct_deliveries
+    for i in range(30):
+        assert (await alice.call("send_message", {"room_id": room, "content": f"m{i}"}))["ok"]
+    await bob.wait_for("new_message", lambda m: m["content"] == "m29")
+    await alice.wait_for("new_message", lambda m: m["content"] == "m29")
+    assert [m["content"] for m in bob.events["new_message"]] == [f"m{i}" for i in range(30)]
+    assert [m["content"] for m in alice.events["new_message"]] == [f"m{i}" for i in range(30)]
+    assert stats.queued_deliveries >= queued + 30  # bob, by polling
+    assert stats.direct_deliveries >= direct + 30  # alice
+    polling = [s for s in node.components.sio.eio.sockets.values() if not s.upgraded]
+    assert len(polling) == 1 and getattr(polling[0], "_direct", None) is None
+
+
+async def test_order_holds_across_the_upgrade_from_polling(node):
+    # Packets sent while a socket upgrades are queued; once upgraded, new ones are written
+    # at once: none may overtake the queued ones.  Several clients, ticks in bursts of 1-2
+    # every loop iteration, so that some upgrades end with packets in flight.
+    sio = node.components.sio
+    users = [f"carol{k}" for k in range(8)]
+    got: dict[str, list[int]] = {u: [] for u in users}
+    clients = []
+    for user in users:
+        client = socketio.AsyncClient(reconnection=False)
+        client.on("tick", lambda data, user=user: got[user].append(data["i"]))
+        clients.append(client)
+    stop = asyncio.Event()
+
+    async def ticks() -> None:  # to each user's channel, before, during and after the upgrades
+        i = 0
+        while not stop.is_set():
+            for _ in range(1 + i % 2):
+                for user in users:
+                    await sio.emit("tick", {"i": i}, to=user_channel(user))
+                i += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticks())
+    try:
+        await asyncio.gather(*(client.connect(node.url, socketio_path="socket.io", transports=["polling", "websocket"],
+                                              auth={"token": make_token(user)}, wait_timeout=5)
+                               for client, user in zip(clients, users, strict=True)))
+        for _ in range(100):
+            if all(c.transport() == "websocket" for c in clients):
+                break
+            await asyncio.sleep(0.05)
+        assert all(c.transport() == "websocket" for c in clients)
+        await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await task
+        for client in clients:
+            await client.disconnect()
+    for user in users:
+        ticks_seen = got[user]
+        assert ticks_seen, f"no ticks arrived for {user}"
+        assert ticks_seen == list(range(ticks_seen[0], ticks_seen[0] + len(ticks_seen))), f"ticks lost or reordered for {user}"
+
+
+async def test_fast_path_under_the_redis_manager(start_node, connect):
+    a = await start_node(redis_url=REDIS_URL)
+    b = await start_node(redis_url=REDIS_URL)
+    room = unique()
+    alice = await connect("alice", url=a.url)
+    bob = await connect("bob", url=b.url)
+    assert (await alice.call("join_room", {"room_id": room}))["ok"]
+    await asyncio.sleep(0.2)  # node b's subscription
+    assert (await bob.call("join_room", {"room_id": room}))["ok"]
+    on_b = fanout_of(b).stats.direct_deliveries
+    for i in range(10):
+        assert (await alice.call("send_message", {"room_id": room, "content": f"x{i}"}))["ok"]
+    await bob.wait_for("new_message", lambda m: m["content"] == "x9")
+    assert [m["content"] for m in bob.events["new_message"]] == [f"x{i}" for i in range(10)]
+    assert fanout_of(b).stats.direct_deliveries >= on_b + 10  # delivered by node b's hook, from Redis
+
+
+# --- slow consumers ---------------------------------------------------------------------------------
+
+
+class StalledClient:
+    """A raw WebSocket client on a plain socket with a tiny receive buffer, so that once it
+    stops reading, unread bytes pile up on the server."""
+
+    async def connect(self, url: str, user: str, room: str) -> StalledClient:
+        host, port = url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        self.reader, self.writer = await asyncio.open_connection(sock=sock, limit=16 * 1024)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert (await self.read_text()).startswith("0{")
+        self.send_text("40" + json.dumps({"token": make_token(user)}))
+        reply = await self.read_text()
+        self.sid = json.loads(reply[2:])["sid"]
+        self.send_text("421" + json.dumps(["join_room", {"room_id": room}]))
+        while not (await self.read_text()).startswith("431"):
+            pass
+        return self
+
+    def send_text(self, text: str) -> None:
+        payload = text.encode()
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        n = len(payload)
+        head = bytes((0x81, 0x80 | n)) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+        self.writer.write(head + mask + masked)
+
+    async def read_text(self) -> str:
+        head = await self.reader.readexactly(2)
+        length = head[1] & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", await self.reader.readexactly(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+        return (await self.reader.readexactly(length)).decode()
+
+
+async def test_a_client_that_stops_reading_is_disconnected(start_node):
+    node = await start_node(slow_client_buffer_bytes=256 * 1024)
+    sio = node.components.sio
+    room = unique()
+    slow = await StalledClient().connect(node.url, "slowpoke", room)
+    healthy = await RawClient(node.url).connect("healthy")
+    assert (await healthy.call("join_room", {"room_id": room}, 1))["ok"]
+    stats = fanout_of(node).stats
+    registry = node.components.sessions.registry
+    assert registry.get(slow.sid) is not None
+    blob = "x" * 8192
+    received = 0
+    sent = 0
+
+    async def read_healthy() -> None:
+        nonlocal received
+        while True:
+            kind, name, _ = parse(await healthy.next())
+            if kind == "event" and name == "flood":
+                received += 1
+
+    reader = asyncio.create_task(read_healthy())
+    try:
+        # The stalled client reads nothing from here on.
+        for _ in range(2000):
+            await sio.emit("flood", {"blob": blob}, to=room_channel(room))
+            sent += 1
+            await asyncio.sleep(0)
+            if stats.slow_disconnects:
+                break
+        assert stats.slow_disconnects == 1, "the stalled client was never dropped"
+        assert sent * len(blob) < 8 * 1024 * 1024  # dropped near the bound, not after everything
+        for _ in range(100):  # the usual disconnect cleanup ran
+            if registry.get(slow.sid) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert registry.get(slow.sid) is None
+        for _ in range(20):  # the others were not held back
+            await sio.emit("flood", {"blob": blob}, to=room_channel(room))
+            sent += 1
+        for _ in range(100):
+            if received == sent:
+                break
+            await asyncio.sleep(0.05)
+        assert received == sent
+    finally:
+        reader.cancel()
+    # The stalled client finds its connection gone (it would reconnect and catch up by since_seq).
+    with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+        async with asyncio.timeout(10):
+            while True:
+                await slow.read_text()
+    status, text = await rest(node, "GET", "/metrics")
+    assert "chat_fanout_slow_disconnects_total 1.0" in text
+    await healthy.close()
+    slow.writer.close()

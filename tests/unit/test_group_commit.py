@@ -1,0 +1,149 @@
+"""GroupCommit (storage/group_commit.py) with fake batch handlers: no network."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chat_server.errors import Unavailable
+from chat_server.storage.group_commit import GroupCommit
+
+
+class Recorder:
+    """A batch handler that records its batches and can be held and released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gates: list[asyncio.Event] = []
+        self.hold = False
+
+    async def __call__(self, items: list[int]) -> list[object]:
+        self.batches.append(list(items))
+        if self.hold:
+            gate = asyncio.Event()
+            self.gates.append(gate)
+            await gate.wait()
+        return [ValueError(f"bad {i}") if i < 0 else i * 10 for i in items]
+
+
+async def turns(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_lone_item_goes_at_once_without_a_timer():
+    handler = Recorder()
+    commit = GroupCommit(handler)
+    task = asyncio.ensure_future(commit.submit(1))
+    await turns(2)  # the caller's turn (queues the item, schedules the runner), the runner's turn
+    assert handler.batches == [[1]]
+    assert await task == 10
+
+
+async def test_items_arriving_while_a_batch_is_in_flight_form_the_next_batch():
+    handler = Recorder()
+    handler.hold = True
+    commit = GroupCommit(handler)
+    first = asyncio.ensure_future(commit.submit(1))
+    await turns(2)
+    later = [asyncio.ensure_future(commit.submit(i)) for i in range(2, 7)]
+    await turns(2)
+    assert handler.batches == [[1]]  # the others wait for the batch in flight
+    handler.gates[0].set()
+    await turns(3)
+    assert handler.batches == [[1], [2, 3, 4, 5, 6]]
+    handler.gates[1].set()
+    assert await first == 10
+    assert await asyncio.gather(*later) == [20, 30, 40, 50, 60]
+    assert (commit.stats.batches, commit.stats.items, commit.stats.largest) == (2, 6, 5)
+
+
+async def test_max_batch_splits_a_long_queue():
+    handler = Recorder()
+    commit = GroupCommit(handler, max_batch=3)
+    results = await asyncio.gather(*(commit.submit(i) for i in range(8)))
+    assert results == [i * 10 for i in range(8)]
+    assert [len(b) for b in handler.batches] == [3, 3, 2]
+
+
+async def test_an_exception_in_the_results_fails_only_its_caller():
+    commit = GroupCommit(Recorder())
+    results = await asyncio.gather(commit.submit(1), commit.submit(-2), commit.submit(3), return_exceptions=True)
+    assert results[0] == 10 and results[2] == 30
+    assert isinstance(results[1], ValueError)
+
+
+async def test_a_failed_batch_fails_exactly_its_callers():
+    calls = 0
+
+    async def flaky(items: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.01)
+            raise Unavailable("database unavailable")
+        return items
+
+    commit = GroupCommit(flaky)
+    doomed = [asyncio.ensure_future(commit.submit(i)) for i in range(3)]
+    await turns(2)
+    survivors = [asyncio.ensure_future(commit.submit(i)) for i in range(3, 5)]
+    outcomes = await asyncio.gather(*doomed, return_exceptions=True)
+    assert all(isinstance(o, Unavailable) for o in outcomes)
+    assert await asyncio.gather(*survivors) == [3, 4]
+    assert commit.stats.failed_batches == 1
+
+
+async def test_results_are_handed_out_in_batch_order_when_batches_overlap():
+    """Two batches in flight; the second comes back first.  Its callers still resume
+    after the first batch's (callers rely on resuming in commit order)."""
+    release_first = asyncio.Event()
+
+    async def handler(items: list[str]) -> list[str]:
+        if items[0] == "a":
+            await release_first.wait()
+        return items
+
+    commit = GroupCommit(handler, max_in_flight=2)
+    resumed: list[str] = []
+
+    async def caller(item: str) -> None:
+        resumed.append(await commit.submit(item))
+
+    first = asyncio.ensure_future(caller("a"))
+    await turns(2)
+    second = [asyncio.ensure_future(caller(x)) for x in ("b", "c")]
+    await turns(5)
+    assert resumed == []  # "b", "c" are stored but wait for "a"'s batch
+    release_first.set()
+    await asyncio.gather(first, *second)
+    assert resumed == ["a", "b", "c"]
+
+
+async def test_a_caller_that_gave_up_before_its_batch_left_is_not_written():
+    handler = Recorder()
+    handler.hold = True
+    commit = GroupCommit(handler)
+    first = asyncio.ensure_future(commit.submit(1))
+    await turns(2)
+    quitter = asyncio.ensure_future(commit.submit(2))
+    stayer = asyncio.ensure_future(commit.submit(3))
+    await turns(1)
+    quitter.cancel()
+    handler.gates[0].set()
+    await turns(3)
+    handler.gates[1].set()
+    assert await first == 10 and await stayer == 30
+    with pytest.raises(asyncio.CancelledError):
+        await quitter
+    assert handler.batches == [[1], [3]]
+
+
+async def test_close_waits_for_what_is_in_flight():
+    handler = Recorder()
+    commit = GroupCommit(handler)
+    pending = [asyncio.ensure_future(commit.submit(i)) for i in range(4)]
+    await turns(1)
+    await commit.close()
+    assert all(p.done() for p in pending)
