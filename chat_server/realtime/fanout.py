@@ -97,7 +97,6 @@ def ws_frame(payload: bytes, opcode: int = _OP_TEXT) -> bytes:
 # --- the server's JSON module ----------------------------------------------------------------
 
 
-
 class OrjsonModule:
     """A ``json``-compatible module for python-socketio/engineio (``AsyncServer(json=...)``,
     process-wide): orjson where it gives the same value, the standard library otherwise.
@@ -321,7 +320,10 @@ def check_internals() -> list[str]:
     sources = (
         (AsyncSocket._websocket_handler, ("await self.poll()", "await ws.send(pkt.encode())", "await ws.close()", "await self.queue.put(None)")),
         (AsyncSocket._upgrade_websocket, ("self.server._async['websocket'](", "self._websocket_handler, self.server)")),
-        (eio_aiohttp.WebSocket, ("self.handler = handler", "self._sock = WebSocketResponse(", "await self.handler(self)")),
+        # DirectWebSocket.__call__ repeats the driver's __call__: it must not have changed.
+        (eio_aiohttp.WebSocket, ("self.handler = handler", "request = environ['aiohttp.request']\n        self._sock = WebSocketResponse(\n"
+                                 "            max_msg_size=self.server.max_http_buffer_size)\n        await self._sock.prepare(request)\n\n"
+                                 "        self.environ = environ\n        await self.handler(self)\n        return self._sock")),
     )
     for obj, markers in sources:
         try:
@@ -418,8 +420,8 @@ class FastFanout:
                    skip_sid: Any) -> bool:
         """Deliver an event without ack callback to this node's participants of ``room``;
         False when the stock path must do it (binary data, values orjson cannot encode)."""
-        if namespace not in manager.rooms:
-            return True
+        if namespace is None or namespace not in manager.rooms:
+            return True  # as the stock emit: nobody to deliver to
         if isinstance(data, tuple):
             args = [event, *data]
         elif data is None:

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 import socketio
 
+from chat_server.config import ConfigError, Settings
 from chat_server.realtime.broadcaster import room_channel, user_channel
 from chat_server.realtime.fanout import DirectSocket, OrjsonModule, check_internals, ws_frame
 from tests.conftest import REDIS_URL, make_token, rest, unique
@@ -133,6 +134,15 @@ def test_json_module_errors_are_the_standard_ones():
     assert OrjsonModule.loads(b'{"a":"\\u00e9"}') == {"a": "é"}  # bytes, as the Redis bus gives them
 
 
+def test_settings(tmp_path):
+    default = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    assert default.fast_fanout is True and default.slow_client_buffer_bytes == 1024 * 1024
+    custom = Settings.from_env({"DATA_DIR": str(tmp_path), "FAST_FANOUT": "false", "SLOW_CLIENT_BUFFER_BYTES": "65536"})
+    assert custom.fast_fanout is False and custom.slow_client_buffer_bytes == 65536
+    with pytest.raises(ConfigError, match="SLOW_CLIENT_BUFFER_BYTES"):
+        Settings.from_env({"DATA_DIR": str(tmp_path), "SLOW_CLIENT_BUFFER_BYTES": "0"})
+
+
 # --- on a running node ----------------------------------------------------------------------------
 
 
@@ -154,6 +164,18 @@ async def test_fast_path_is_used_and_counted(node, connect):
     assert status == 200
     direct = [line for line in text.splitlines() if line.startswith('chat_fanout_deliveries_total{path="direct"}')]
     assert direct and float(direct[0].split()[-1]) >= 2
+
+
+async def test_permessage_deflate_is_not_negotiated(node):
+    # docs/protocol.md §6 "Performance": a client offering deflate (as browsers do) gets
+    # plain frames, which the fast path writes.
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{node.url}/socket.io/?EIO=4&transport=websocket", compress=15) as ws:
+            assert ws.compress == 0
+            assert (await ws.receive_str(timeout=5)).startswith("0{")
+            await ws.send_str("40" + json.dumps({"token": make_token("dora")}))
+            assert (await ws.receive_str(timeout=5)).startswith("40{")
+            assert fanout_of(node).stats.direct_packets >= 1  # the CONNECT answer
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "stock"])
@@ -230,7 +252,7 @@ async def test_acks_direct_emits_and_broadcasts_keep_their_order(start_node, fas
     while True:
         try:
             await bob.next(timeout=0.2)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             break
     bob_rooms = [parse(p)[2]["i"] for p in bob.packets if parse(p)[1] == "order" and parse(p)[2]["kind"] == "room"]
     assert bob_rooms == list(range(n))
@@ -328,6 +350,10 @@ class StalledClient:
     stops reading, unread bytes pile up on the server."""
 
     async def connect(self, url: str, user: str, room: str) -> StalledClient:
+        async with asyncio.timeout(10):
+            return await self._connect(url, user, room)
+
+    async def _connect(self, url: str, user: str, room: str) -> StalledClient:
         host, port = url.removeprefix("http://").split(":")
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -369,9 +395,16 @@ class StalledClient:
 
 async def test_a_client_that_stops_reading_is_disconnected(start_node):
     node = await start_node(slow_client_buffer_bytes=256 * 1024)
-    sio = node.components.sio
     room = unique()
     slow = await StalledClient().connect(node.url, "slowpoke", room)
+    try:
+        await _stall_and_flood(node, slow, room)
+    finally:
+        slow.writer.close()
+
+
+async def _stall_and_flood(node: Any, slow: StalledClient, room: str) -> None:
+    sio = node.components.sio
     healthy = await RawClient(node.url).connect("healthy")
     assert (await healthy.call("join_room", {"room_id": room}, 1))["ok"]
     stats = fanout_of(node).stats
@@ -422,4 +455,3 @@ async def test_a_client_that_stops_reading_is_disconnected(start_node):
     status, text = await rest(node, "GET", "/metrics")
     assert "chat_fanout_slow_disconnects_total 1.0" in text
     await healthy.close()
-    slow.writer.close()

@@ -238,9 +238,10 @@ async def test_shadow_ban_is_invisible_to_the_user(node, connect):
     assert "message_updated" not in carol.events
 
 
-async def test_shadow_ban_applies_at_once_on_another_node(start_node):
+async def test_shadow_ban_applies_on_another_node_within_bus_latency(start_node):
     """Nothing tells a shadow-banned user's node to remove anything: only the ban-cache
-    invalidation on the bus makes node b notice the ban."""
+    invalidation on the bus makes node b notice the ban (within the pub/sub latency,
+    not the cache's 10 s lifetime)."""
     a = await start_node(redis_url=REDIS_URL, **NO_LIMITS)
     b = await start_node(redis_url=REDIS_URL, **NO_LIMITS)
     room = unique()
@@ -254,7 +255,9 @@ async def test_shadow_ban_applies_at_once_on_another_node(start_node):
         await say(on_b, room, "heard by all")  # node b caches "not banned"
         await on_a.wait_for("new_message", lambda m: m["content"] == "heard by all")
         assert (await rest(a, "POST", f"/api/rooms/{room}/ban", uid("mod"), **MOD, json={"user_id": victim, "shadow": True}))[0] == 201
-        # no pause: the invalidation is on the bus before the REST answer leaves node a
+        # The invalidation is published before the REST answer leaves node a; node b
+        # applies it when the pub/sub message arrives (milliseconds, far below the cache TTL).
+        await asyncio.sleep(0.3)
         mine = await say(on_b, room, "heard by me only")
         await on_b.wait_for("new_message", lambda m: m["message_id"] == mine["message_id"])
         await say(on_a, room, "marker")
