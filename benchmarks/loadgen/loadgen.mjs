@@ -116,9 +116,15 @@ function onNewMessage(client, buf) {
   for (let c = buf[i]; c >= 0x30 && c <= 0x39; c = buf[++i]) n = n * 10 + (c - 0x30);
   const s = step;
   if (!s || n < s.base || n >= s.base + s.count || s.sendAt[n - s.base] === 0) { strayDeliveries++; return; }
-  const now = performance.now();
   const j = n - s.base;
-  s.recv[j]++;
+  // Each (message, client) pair counts once: a copy is a duplicate, a message from a room
+  // the client is not in is a misdelivery; neither can hide a loss.
+  if (s.sendRoom[j] !== client.room) { s.wrongRoom++; return; }
+  const bit = j * s.slots + client.slot;
+  const mask = 1 << (bit & 7);
+  if (s.seen[bit >> 3] & mask) { s.duplicates++; return; }
+  s.seen[bit >> 3] |= mask;
+  const now = performance.now();
   s.received++;
   s.perNode[client.node]++;
   if (now <= s.sendEnd) s.receivedInWindow++;
@@ -129,6 +135,7 @@ function onNewMessage(client, buf) {
 class Client {
   constructor(index, node, url, prefix) {
     this.index = index; this.node = node; this.url = url;
+    this.room = 0; this.slot = index; // room index and place in it (delivery accounting)
     this.user = `${prefix}${index}`;
     this.token = mintToken(this.user, `Bench ${index}`);
     this.ws = null; this.connected = false; this.closed = false;
@@ -282,10 +289,11 @@ function chatText(n) {
 // coordinated omission); senders take turns.  After the last send, the step drains until
 // every expected delivery and ack has arrived or drain_s passes.
 let msgCounter = 0;
-async function runStep(rate, durationS, senders, roomOfSender, members, nodes, warm = false) {
+async function runStep(rate, durationS, senders, roomOfSender, members, nodes, slots, warm = false) {
   const count = Math.max(1, Math.round(rate * durationS));
   const s = {
-    base: msgCounter, count, sendAt: new Float64Array(count), recv: new Uint32Array(count),
+    base: msgCounter, count, sendAt: new Float64Array(count), sendRoom: new Int32Array(count),
+    slots, seen: new Uint8Array(Math.ceil((count * slots) / 8)), duplicates: 0, wrongRoom: 0,
     received: 0, receivedInWindow: 0, sent: 0, lat: new Hist(), ackLat: new Hist(), acked: 0, ackErrors: {},
     disconnects: 0, perNode: new Array(nodes).fill(0), sendEnd: Infinity,
   };
@@ -307,6 +315,7 @@ async function runStep(rate, durationS, senders, roomOfSender, members, nodes, w
         const sender = senders[j % senders.length];
         if (!sender.connected) { s.ackErrors.sender_disconnected = (s.ackErrors.sender_disconnected || 0) + 1; continue; }
         const n = s.base + j;
+        s.sendRoom[j] = sender.room;
         s.sendAt[j] = performance.now();
         sender.emit("send_message", { room_id: roomOfSender(sender), content: chatText(n), client_msg_id: `${TAG}-${n}` }, (ack, ms) => {
           if (ack && ack.ok === true) { s.acked++; s.ackLat.add(ms); } else {
@@ -337,12 +346,11 @@ async function runStep(rate, durationS, senders, roomOfSender, members, nodes, w
   if (ackTimeouts) s.ackErrors.ack_timeout = ackTimeouts;
   const wall = (tEnd - t0) / 1000;
   const missing = expected - s.received;
-  let duplicates = 0;
-  for (let j = 0; j < count; j++) if (s.recv[j] > expectedPer) duplicates += s.recv[j] - expectedPer;
   const result = {
     rate, duration_s: durationS, send_seconds: (tSent - t0) / 1000, wall_seconds: wall, members: expectedPer,
     sent: s.sent, acked: s.acked, ack_errors: s.ackErrors, ack_latency: s.ackLat.summary(), ack_latency_buckets: s.ackLat.buckets(),
-    expected_deliveries: expected, delivered: s.received, lost: Math.max(0, missing), duplicates,
+    expected_deliveries: expected, delivered: s.received, lost: Math.max(0, missing), duplicates: s.duplicates,
+    wrong_room: s.wrongRoom,
     loss_ratio: expected ? Math.max(0, missing) / expected : 0,
     delivered_in_window: s.receivedInWindow, deliveries_per_s_window: s.receivedInWindow / ((s.sendEnd - t0) / 1000),
     deliveries_per_s: s.received / wall, acked_per_s: s.acked / ((tSent - t0) / 1000),
@@ -355,15 +363,15 @@ async function runStep(rate, durationS, senders, roomOfSender, members, nodes, w
   return result;
 }
 
-async function runSteps(senders, roomOfSender, members, nodes) {
+async function runSteps(senders, roomOfSender, members, nodes, slots) {
   const steps = [];
   if (cfg.warmup_s) { // not reported: lets both servers' code warm up (JIT, caches, pools)
-    const w = await runStep(cfg.steps[0].rate, cfg.warmup_s, senders, roomOfSender, members, nodes, true);
+    const w = await runStep(cfg.steps[0].rate, cfg.warmup_s, senders, roomOfSender, members, nodes, slots, true);
     log(`warm-up at ${cfg.steps[0].rate}/s: delivered ${w.delivered}/${w.expected_deliveries}`);
     await quiet(300, 30000);
   }
   for (const st of cfg.steps) {
-    const r = await runStep(st.rate, st.duration_s, senders, roomOfSender, members, nodes);
+    const r = await runStep(st.rate, st.duration_s, senders, roomOfSender, members, nodes, slots);
     steps.push(r);
     log(`rate ${st.rate}/s: delivered ${r.delivered}/${r.expected_deliveries} acked ${r.acked}/${r.sent} ` +
       `p50 ${fmt(r.latency.p50_ms)} p99 ${fmt(r.latency.p99_ms)} ms, ack p99 ${fmt(r.ack_latency.p99_ms)} ms, gen cpu ${(r.generator.cpu_util * 100).toFixed(0)}%`);
@@ -419,7 +427,7 @@ async function modeFanout() {
   const settle = await quiet(1000, 120000);
   log(`joined ${join.joined} in ${((performance.now() - tj) / 1000).toFixed(1)} s (settled ${settle.toFixed(1)} s)`);
   const senders = clients.filter((c) => c.joined).slice(0, cfg.senders || 10);
-  const steps = await runSteps(senders, () => cfg.room, () => clients.filter((c) => c.joined && c.connected).length, cfg.urls.length);
+  const steps = await runSteps(senders, () => cfg.room, () => clients.filter((c) => c.joined && c.connected).length, cfg.urls.length, clients.length);
   for (const c of clients) c.close();
   return { connect, join, steps, extensions: connect.extensions };
 }
@@ -427,13 +435,14 @@ async function modeFanout() {
 async function modeIngest() {
   const perRoom = cfg.clients_per_room || 2;
   const clients = makeClients(cfg.rooms * perRoom);
-  const roomOf = (c) => `${cfg.room_prefix}${Math.floor(c.index / perRoom)}`;
+  for (const c of clients) { c.room = Math.floor(c.index / perRoom); c.slot = c.index % perRoom; }
+  const roomOf = (c) => `${cfg.room_prefix}${c.room}`;
   const connect = await connectAll(clients, cfg.concurrency || 100);
   const join = await joinAll(clients, roomOf, cfg.concurrency || 100);
   await quiet(1000, 60000);
   log(`ingest: ${join.joined} clients in ${cfg.rooms} rooms`);
   const senders = clients.filter((c) => c.joined);
-  const steps = await runSteps(senders, roomOf, () => perRoom, cfg.urls.length);
+  const steps = await runSteps(senders, roomOf, () => perRoom, cfg.urls.length, perRoom);
   for (const c of clients) c.close();
   return { connect, join, steps, extensions: connect.extensions };
 }
