@@ -207,6 +207,12 @@ class BanChecks:
         bans = await self.bans_for(user.user_id, room_id)
         if not bans:
             return False
+        # Cached bans are confirmed before they refuse or hide anything: a ban lifted on
+        # another node a moment ago (its invalidation still on the bus) must not cost the
+        # user a message.  Only banned users pay this read.
+        bans = await self.bans_for(user.user_id, room_id, fresh=True)
+        if not bans:
+            return False
         ban = _severest([b for b in bans if not b.shadow])
         if ban is not None:
             raise banned_error(ban, self.now())

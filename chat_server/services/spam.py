@@ -44,9 +44,24 @@ def normalise(text: str) -> str:
     punctuation removed, white space collapsed.  A text that is nothing but punctuation
     keeps its punctuation (so ``"!!!"`` and ``"???"`` still differ)."""
     folded = fold_confusables(unicodedata.normalize("NFKC", text)).casefold()
-    stripped = "".join(c for c in folded if not unicodedata.category(c).startswith("P"))
+    stripped = _without_punctuation(folded)
     collapsed = _WHITESPACE.sub(" ", stripped).strip()
     return collapsed or _WHITESPACE.sub(" ", folded).strip()
+
+
+@lru_cache(maxsize=1)
+def _bmp_punctuation() -> dict[int, None]:
+    # Every punctuation code point (Unicode category P*) of the Basic Multilingual Plane,
+    # for str.translate (built once, in ~30 ms).
+    return {cp: None for cp in range(0x10000) if unicodedata.category(chr(cp)).startswith("P")}
+
+
+def _without_punctuation(text: str) -> str:
+    """``text`` without its punctuation (category P*): one C-level translate for the usual
+    text, the per-character loop when it has characters beyond the BMP."""
+    if not text or max(text) <= "\uffff":
+        return text.translate(_bmp_punctuation())
+    return "".join(c for c in text if not unicodedata.category(c).startswith("P"))
 
 
 def count_links(text: str) -> int:

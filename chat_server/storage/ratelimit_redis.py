@@ -10,7 +10,7 @@ nodes means skewed node clocks cannot stretch or shrink a window.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
@@ -73,7 +73,7 @@ class RedisRateLimitStore:
         if not limits:
             return ALLOWED
         now = "" if self._clock is None else str(round(self._clock() * 1000))
-        args: list[str | int] = [now, uuid.uuid4().hex]
+        args: list[str | int] = [now, os.urandom(16).hex()]  # a member unique to this hit
         for limit in limits:
             args.extend((limit.max_hits, limit.window_ms))
         keys = [self._key(limit.key) for limit in limits]

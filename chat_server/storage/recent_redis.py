@@ -9,8 +9,8 @@ concurrent commands); the set expires one window after its last write.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable
 
 from redis.asyncio import Redis
@@ -58,10 +58,10 @@ class RedisRecentStore:
         now_ms = round(self._clock() * 1000)
         name = self._key(key)
         if self._pipeline is not None:
-            await self._pipeline.eval_script(_ADD, self._add_sha, [name], [now_ms, f"{uuid.uuid4().hex[:12]}:{text}", window_ms, keep])
+            await self._pipeline.eval_script(_ADD, self._add_sha, [name], [now_ms, f"{os.urandom(6).hex()}:{text}", window_ms, keep])
             return
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(name, {f"{uuid.uuid4().hex[:12]}:{text}": now_ms})
+            pipe.zadd(name, {f"{os.urandom(6).hex()}:{text}": now_ms})
             pipe.zremrangebyscore(name, "-inf", now_ms - window_ms)
             pipe.zremrangebyrank(name, 0, -(keep + 1))
             pipe.pexpire(name, window_ms)

@@ -48,6 +48,20 @@ def test_normalise_folds_case_space_punctuation_and_lookalikes() -> None:
     assert normalise("!!!") == "!!!" and normalise("???") != normalise("!!!")
 
 
+def test_punctuation_removal_equals_the_per_character_rule() -> None:
+    import unicodedata
+
+    from chat_server.services.spam import _without_punctuation
+
+    rng = random.Random(11)
+    for _ in range(3000):
+        text = "".join(chr(rng.choice([rng.randrange(0x20, 0x250), rng.randrange(0x2000, 0x3100), rng.randrange(0xFE00, 0x10000),
+                                       rng.randrange(0x10000, 0x1FAFF)])) for _ in range(rng.randint(0, 20)))
+        if rng.random() < 0.5:
+            text = "".join(c for c in text if c <= "\uffff")  # both paths
+        assert _without_punctuation(text) == "".join(c for c in text if not unicodedata.category(c).startswith("P")), repr(text)
+
+
 def test_fold_confusables_keeps_length() -> None:
     text = "fսck ѕһit Αβγ"
     assert len(fold_confusables(text)) == len(text)
