@@ -69,6 +69,22 @@ def database_url() -> Any:
 
 
 @pytest.fixture
+async def redis_scratch() -> Any:
+    """A Redis client and a key prefix private to one test; its keys are removed after."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(REDIS_URL)
+    prefix = f"chattest:{uuid.uuid4().hex}"
+    try:
+        yield client, prefix
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
 def fresh_database() -> Any:
     """An empty (unmigrated) database private to one test."""
     name = f"chat_test_{RUN_ID}_{uuid.uuid4().hex[:6]}"

@@ -11,7 +11,6 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg2
@@ -29,14 +28,6 @@ from tests.conftest import unique
 ALICE = Principal("alice", "Alice")
 BOB = Principal("bob", "Bob")
 USERS = [Principal(f"user{i}", f"User {i}") for i in range(8)]
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url, pool_size=10, timeout_s=10.0)
-    await database.connect()
-    yield database
-    await database.close()
 
 
 @pytest.fixture

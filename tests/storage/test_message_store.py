@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,14 +15,6 @@ from tests.conftest import unique
 
 ALICE = Principal("alice", "Alice", avatar="https://cdn.example/a.png")
 BOB = Principal("bob", "Bob")
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url, pool_size=20, timeout_s=10.0)
-    await database.connect()
-    yield database
-    await database.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ without sleeping.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -17,7 +16,6 @@ from redis.asyncio import Redis
 from chat_server.services.ratelimit import Limit, MemoryRateLimitStore, RateLimitStore
 from chat_server.storage.ratelimit_redis import RedisRateLimitStore
 from chat_server.storage.redis_pipeline import AutoPipeline
-from tests.conftest import REDIS_URL
 
 
 class FakeClock:
@@ -40,22 +38,15 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture(params=["memory", "redis", "redis-pipelined"])
-async def make_store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[StoreFactory]:
+async def make_store(request: pytest.FixtureRequest, clock: FakeClock, redis_scratch: tuple[Redis, str]) -> AsyncIterator[StoreFactory]:
     """Factory of stores that share state (several nodes of one deployment)."""
     if request.param == "memory":
         shared = MemoryRateLimitStore(clock)
         yield lambda: shared
         return
-    client = Redis.from_url(REDIS_URL)
-    prefix = f"chattest:{uuid.uuid4().hex}"
+    client, prefix = redis_scratch
     pipeline = AutoPipeline(client) if request.param == "redis-pipelined" else None
-    try:
-        yield lambda: RedisRateLimitStore(client, prefix=prefix, clock=clock, pipeline=pipeline)
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+    yield lambda: RedisRateLimitStore(client, prefix=prefix, clock=clock, pipeline=pipeline)
 
 
 async def test_allows_max_hits_then_refuses_with_retry_after(make_store: StoreFactory, clock: FakeClock) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import random
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -15,7 +14,6 @@ from chat_server.services.confusables import fold_confusables
 from chat_server.services.spam import MemoryRecentStore, RecentStore, SpamDetector, SpamRules, count_links, normalise, similar
 from chat_server.storage.recent_redis import RedisRecentStore
 from chat_server.storage.redis_pipeline import AutoPipeline
-from tests.conftest import REDIS_URL
 
 
 class FakeClock:
@@ -167,21 +165,14 @@ async def test_repeats_within_the_window_are_duplicates(clock: FakeClock) -> Non
 
 
 @pytest.fixture(params=["memory", "redis", "redis-pipelined"])
-async def make_recent(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Callable[[], RecentStore]]:
+async def make_recent(request: pytest.FixtureRequest, clock: FakeClock, redis_scratch: tuple[Redis, str]) -> AsyncIterator[Callable[[], RecentStore]]:
     if request.param == "memory":
         shared = MemoryRecentStore(clock)
         yield lambda: shared
         return
-    client = Redis.from_url(REDIS_URL)
-    prefix = f"chattest:{uuid.uuid4().hex}"
+    client, prefix = redis_scratch
     pipeline = AutoPipeline(client) if request.param == "redis-pipelined" else None
-    try:
-        yield lambda: RedisRecentStore(client, prefix=prefix, clock=clock, pipeline=pipeline)
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+    yield lambda: RedisRecentStore(client, prefix=prefix, clock=clock, pipeline=pipeline)
 
 
 async def test_recent_store_keeps_the_newest_within_the_window(make_recent: Callable[[], RecentStore], clock: FakeClock) -> None:
