@@ -19,30 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-
-def per_message(fn: Callable[[str], object], messages: list[str], repeats: int) -> float:
-    """Mean seconds per message; the median of ``repeats`` passes."""
-    passes = []
-    for _ in range(repeats):
-        gc.disable()
-        start = time.perf_counter()
-        for message in messages:
-            fn(message)
-        passes.append((time.perf_counter() - start) / len(messages))
-        gc.enable()
-    return statistics.median(passes)
+from benchmarks.profanity_bench import per_message  # noqa: E402  (one timing loop for both benchmarks)
 
 
 def measure(size: int = 1200, reference_every: int = 4, repeats: int = 3) -> dict[str, Any]:

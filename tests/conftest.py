@@ -124,6 +124,19 @@ def unique(prefix: str = "room") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
+class FakeClock:
+    """Time that moves only when a test says so (limits, expiry and windows without sleeping)."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class SchemaViolation(AssertionError):
     pass
 

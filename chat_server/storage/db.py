@@ -64,22 +64,6 @@ class Database:
             except _CONNECTION_ERRORS as exc:
                 raise Unavailable("database unavailable") from exc
 
-    async def connect_with_retry(self, *, attempts: int | None = None, first_delay: float = 0.5) -> None:
-        """Wait for the database at start-up, logging each failed try clearly."""
-        delay = first_delay
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                await self.connect()
-                return
-            except Unavailable as exc:
-                if attempts is not None and tries >= attempts:
-                    raise
-                log.warning("PostgreSQL is not reachable (%s); retrying in %.1fs", exc.__cause__ or exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.close()

@@ -13,23 +13,13 @@ from chat_server.domain import Message, Principal, Room
 from chat_server.services.policy import GuardPolicy, MessageGuard, RoomModes, is_emoji_only
 from chat_server.services.ratelimit import MemoryRateLimitStore
 from chat_server.services.spam import MemoryRecentStore, SpamDetector, SpamRules
+from tests.conftest import FakeClock
 
 NOW = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
 ALICE = Principal("alice", "Alice")
 BOB = Principal("bob", "Bob")
 ROOM_MOD = Principal("carol", "Carol")  # moderator of ROOM only (a membership role)
 MOD = Principal("mod", "Mod", role="moderator")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeModerators:

@@ -16,21 +16,10 @@ from redis.asyncio import Redis
 
 from chat_server.services.presence import Connection, MemoryPresenceStore, PresenceStore
 from chat_server.storage.presence_redis import RedisPresenceStore
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, FakeClock
 
 TTL = 30.0
 ROOM = "room-1"
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def user(user_id: str) -> dict[str, Any]:

@@ -16,18 +16,7 @@ from redis.asyncio import Redis
 from chat_server.services.ratelimit import Limit, MemoryRateLimitStore, RateLimitStore
 from chat_server.storage.ratelimit_redis import RedisRateLimitStore
 from chat_server.storage.redis_pipeline import AutoPipeline
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+from tests.conftest import FakeClock
 
 StoreFactory = Callable[[], RateLimitStore]
 

@@ -14,17 +14,7 @@ from chat_server.services.confusables import fold_confusables
 from chat_server.services.spam import MemoryRecentStore, RecentStore, SpamDetector, SpamRules, count_links, normalise, similar
 from chat_server.storage.recent_redis import RedisRecentStore
 from chat_server.storage.redis_pipeline import AutoPipeline
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.conftest import FakeClock
 
 
 @pytest.fixture
