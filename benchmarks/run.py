@@ -186,14 +186,16 @@ class Server:
     def sample(self) -> dict[str, float]:
         try:
             t = self.ps.cpu_times()
-            cpu = t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
+            user = t.user + getattr(t, "children_user", 0.0)
+            system = t.system + getattr(t, "children_system", 0.0)
             for child in self.ps.children(recursive=True):
                 with contextlib.suppress(Exception):
                     ct = child.cpu_times()
-                    cpu += ct.user + ct.system
-            return {"cpu_s": cpu, "rss": float(self.ps.memory_info().rss)}
+                    user += ct.user
+                    system += ct.system
+            return {"cpu_s": user + system, "cpu_system_s": system, "rss": float(self.ps.memory_info().rss)}
         except Exception:
-            return {"cpu_s": math.nan, "rss": math.nan}
+            return {"cpu_s": math.nan, "cpu_system_s": math.nan, "rss": math.nan}
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -413,7 +415,8 @@ def attach_cpu(steps: list[dict[str, Any]], syncs: list[dict[str, Any]], servers
         per = []
         for i, server in enumerate(servers):
             cpu = e["servers"][i]["cpu_s"] - b["servers"][i]["cpu_s"]
-            per.append({"name": server.name, "cpu_s": cpu, "cpu_util": cpu / wall if wall > 0 else None,
+            system = e["servers"][i].get("cpu_system_s", math.nan) - b["servers"][i].get("cpu_system_s", math.nan)
+            per.append({"name": server.name, "cpu_s": cpu, "cpu_system_s": system, "cpu_util": cpu / wall if wall > 0 else None,
                         "rss_mb": e["servers"][i]["rss"] / 2**20})
         cpu_total = sum(p["cpu_s"] for p in per)
         step["server"] = per
@@ -441,6 +444,8 @@ def attach_cpu(steps: list[dict[str, Any]], syncs: list[dict[str, Any]], servers
                 others.append({"pid": pid, "name": name, "cores": round(used / wall, 3)})
         step["other_processes"] = sorted(others, key=lambda o: -o["cores"])[:5]
         step["cpu_us_per_delivery"] = cpu_total * 1e6 / step["delivered"] if step["delivered"] else None
+        # The kernel's share (system time: mostly the send path of every delivery).
+        step["system_us_per_delivery"] = sum(p["cpu_system_s"] for p in per) * 1e6 / step["delivered"] if step["delivered"] else None
         step["cpu_us_per_message"] = cpu_total * 1e6 / step["acked"] if step["acked"] else None
         step["postgres_cpu_us_per_message"] = step["postgres_cpu_s"] * 1e6 / step["acked"] if step["acked"] else None
         step["generator_saturated"] = step["generator"]["cpu_util"] > GEN_SATURATED
@@ -529,6 +534,7 @@ def summarise_fanout(result: dict[str, Any], p: dict[str, Any]) -> dict[str, Any
         "best_clean_cpu_us_per_delivery": best["cpu_us_per_delivery"] if best else None,
         "best_clean_generator_saturated": bool(best and best["generator_saturated"]),
         "cpu_us_per_delivery": cpu_step["cpu_us_per_delivery"] if cpu_step else None,
+        "system_us_per_delivery": cpu_step.get("system_us_per_delivery") if cpu_step else None,
         "cpu_rate": p["cpu_rate"],
         "fixed_rate": p["fixed_rate"],
         "fixed": fixed,
@@ -831,6 +837,8 @@ def build_table(results: dict[str, Any]) -> list[list[str]]:
         cpu_o, cpu_r = o["cpu_us_per_delivery"], r["cpu_us_per_delivery"]
         add(f"fan-out {n} clients: server CPU µs/delivery @ {o['cpu_rate']} msg/s", f(cpu_o, 2), f(cpu_r, 2), ratio(cpu_o, cpu_r),
             "<= 0.5x ref", (cpu_o / cpu_r <= 0.5) if cpu_o and cpu_r else None)
+        sys_o, sys_r = o.get("system_us_per_delivery"), r.get("system_us_per_delivery")
+        add("  of which kernel (system time)", f(sys_o, 2), f(sys_r, 2), ratio(sys_o, sys_r), "(info)")
         def best(side: dict[str, Any]) -> str:
             if not side["best_clean_rate"]:
                 return f"< {min(s['rate'] for s in side['steps'])} msg/s" if side["steps"] else "-"
@@ -1195,9 +1203,18 @@ def main() -> int:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--wait-quiet", type=float, default=float(os.environ.get("BENCH_WAIT_QUIET", "120")),
                         help="seconds to wait at most for an idle machine before starting (default 120)")
+    parser.add_argument("--set", action="append", default=[], metavar="SCENARIO.KEY=JSON",
+                        help="override one profile value, e.g. --set fanout.rates=[50,100] (repeatable)")
     args = parser.parse_args()
     if args.profile not in PROFILES:
         parser.error(f"unknown profile {args.profile!r}")
+    for item in args.set:
+        try:
+            path, value = item.split("=", 1)
+            scenario, key = path.split(".", 1)
+            PROFILES[args.profile][scenario][key] = json.loads(value)
+        except (ValueError, KeyError) as exc:
+            parser.error(f"--set {item!r}: expected SCENARIO.KEY=JSON for a scenario of the profile ({exc})")
     wanted = [s.strip() for s in (args.only.split(",") if args.only else ALL_SCENARIOS) if s.strip()]
     skipped = {s.strip() for s in (args.skip or "").split(",") if s.strip()}
     unknown = [s for s in [*wanted, *skipped] if s not in SCENARIOS]

@@ -146,7 +146,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         json=orjson_module,
     )
     if settings.fast_fanout:
-        fanout = FastFanout(sio, slow_client_buffer_bytes=settings.slow_client_buffer_bytes)
+        fanout = FastFanout(sio, slow_client_buffer_bytes=settings.slow_client_buffer_bytes,
+                            write_delay_s=settings.fanout_write_delay_s, write_batch=settings.fanout_write_batch)
         if fanout.install():
             sio.manager.fanout = fanout
             metrics.watch_fanout(fanout.stats)

@@ -192,6 +192,11 @@ class Settings:
     # straight to each WebSocket; a client with more unsent bytes than this is dropped.
     fast_fanout: bool = True
     slow_client_buffer_bytes: int = 1024 * 1024
+    # Broadcast frames to a WebSocket may wait up to this long for more, until a socket has
+    # fanout_write_batch of them (several events per send system call); a node that flushed
+    # longer ago than the delay writes at once.
+    fanout_write_delay_s: float = 0.05
+    fanout_write_batch: int = 3
 
     @property
     def chat_ip_limit(self) -> int:
@@ -339,4 +344,7 @@ class Settings:
             unique_chat_history=_parse(env, ("UNIQUE_CHAT_HISTORY",), 100, _positive_int, "a positive integer"),
             fast_fanout=_parse(env, ("FAST_FANOUT",), True, _to_bool, "true or false"),
             slow_client_buffer_bytes=_parse(env, ("SLOW_CLIENT_BUFFER_BYTES",), 1024 * 1024, _positive_int, "a positive number of bytes"),
+            fanout_write_delay_s=_parse(env, ("FANOUT_WRITE_DELAY_MS",), 50, _non_negative_int,
+                                        "a non-negative number of milliseconds (0: write at once)") / 1000,
+            fanout_write_batch=_parse(env, ("FANOUT_WRITE_BATCH",), 3, _positive_int, "a positive integer"),
         )

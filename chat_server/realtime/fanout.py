@@ -8,6 +8,13 @@ once (an unmasked server frame: header + payload), and the same bytes are writte
 ``transport.write`` to every recipient whose WebSocket is ready for it: no task, queue or
 encode per recipient.
 
+Write batching.  Most of a delivery's CPU is the send system call, not the bytes.  On a busy
+node (last broadcast write less than ``write_delay_s`` ago) broadcast frames wait until a
+socket has ``write_batch`` of them or the first has waited ``write_delay_s``, then go out in
+one write per socket; a quiet node writes at the end of the event-loop iteration.  Single
+packets (acks, CONNECT, pings, emits to one socket) never wait: they are written at the end
+of the iteration together with whatever that socket has waiting, in order.
+
 Order.  A socket's packets must never overtake each other (acks, emits to one sid or user,
 broadcasts).  So once a socket's WebSocket is ready, *every* packet of that socket is
 written at once, in call order, on the same path: ``DirectSocket.send`` (acks, CONNECT,
@@ -56,6 +63,7 @@ import asyncio
 import inspect
 import json as std_json
 import logging
+import math
 import struct
 import time
 from dataclasses import dataclass
@@ -242,7 +250,8 @@ class DirectWebSocket(eio_aiohttp.WebSocket):
         self.fanout = fanout
         self.stats = fanout.stats
         self.transport: Any = None  # set when this WebSocket takes direct writes
-        self._pending: list[bytes] = []  # frames written during this event-loop iteration
+        self._pending: list[bytes] = []  # frames not written to the transport yet
+        self._urgent = False  # a single packet is pending: write at the end of this iteration
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         # As the driver's __call__, plus: no permessage-deflate (docs/protocol.md §6
@@ -281,12 +290,14 @@ class DirectWebSocket(eio_aiohttp.WebSocket):
             self.write_frame(ws_frame(bytes(message), _OP_BINARY))
 
     def write_frame(self, frame: bytes) -> None:
-        """Write ``frame`` after the frames written before it.  Frames written during one
-        event-loop iteration go out together at its end (one ``transport.write``, so one
-        send system call, per socket per iteration: most of a delivery's cost is that call)."""
+        """Write ``frame`` (a single packet: ack, CONNECT, ping, emit to one socket) after the
+        frames written before it, at the end of this event-loop iteration, together with any
+        broadcast frames still waiting for the write delay (``FastFanout.emit``): one
+        ``transport.write``, so one send system call, for all of them."""
         pending = self._pending
         pending.append(frame)
-        if len(pending) == 1:
+        if not self._urgent:
+            self._urgent = True
             self.fanout.flush_soon(self)
 
     def flush(self) -> None:
@@ -351,29 +362,70 @@ class FastFanout:
     """Installed on one ``socketio.AsyncServer``; ``LocalDeliveryHook.emit`` calls ``emit``."""
 
     def __init__(self, sio: socketio.AsyncServer, *, slow_client_buffer_bytes: int = DEFAULT_SLOW_CLIENT_BUFFER_BYTES,
-                 compress: bool = False) -> None:
+                 compress: bool = False, write_delay_s: float = 0.0, write_batch: int = 1) -> None:
         self.sio = sio
         self.slow_client_buffer_bytes = slow_client_buffer_bytes
         self.compress = compress
+        # Broadcast frames may wait up to write_delay_s (0: written at the end of every
+        # event-loop iteration) for more, until a socket has write_batch of them: most of a
+        # delivery's CPU is the send system call, not the bytes, so a socket that gets
+        # several events per write costs a fraction per event (docs/protocol.md §6).
+        self.write_delay_s = write_delay_s
         self.stats = FanoutStats()
         self.active = False
-        self._dirty: list[DirectWebSocket] = []
-        self._flush_scheduled = False
+        self._dirty: list[DirectWebSocket] = []  # sockets with broadcast frames pending
+        self.write_batch = write_batch
+        self._flush_handle: asyncio.Handle | None = None
+        self._flush_timed = False  # the pending flush waits for the write delay
+        self._last_flush = -math.inf  # loop time of the last broadcast flush
+        self._urgent: list[DirectWebSocket] = []  # sockets with a single packet pending
+        self._urgent_scheduled = False
 
     def flush_soon(self, ws: DirectWebSocket) -> None:
-        self._dirty.append(ws)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        """Write ``ws``'s pending frames at the end of this event-loop iteration."""
+        self._urgent.append(ws)
+        if not self._urgent_scheduled:
+            self._urgent_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_urgent)
+
+    def _flush_urgent(self) -> None:
+        self._urgent_scheduled = False
+        urgent, self._urgent = self._urgent, []
+        for ws in urgent:
+            ws._urgent = False
+        self._write_out(urgent)
+
+    def _schedule_flush(self, full: bool) -> None:
+        """When the broadcast frames pending now go out.  A node whose last broadcast flush is
+        at least the write delay ago writes at the end of this iteration (a quiet room gets
+        its events at once); otherwise the frames wait until a socket has ``write_batch`` of
+        them (``full``) or the first of them has waited the write delay, whichever is first."""
+        handle = self._flush_handle
+        if handle is not None and not (full and self._flush_timed):
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if full or now - self._last_flush >= self.write_delay_s:
+            if handle is not None:
+                handle.cancel()
+            self._flush_handle = loop.call_soon(self._flush)
+            self._flush_timed = False
+        else:
+            self._flush_handle = loop.call_at(now + self.write_delay_s, self._flush)
+            self._flush_timed = True
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_handle = None
+        self._last_flush = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, []
+        self._write_out(dirty)
+
+    def _write_out(self, sockets: list[DirectWebSocket]) -> None:
         limit = self.slow_client_buffer_bytes
-        for ws in dirty:  # DirectWebSocket.flush, inlined: this loop runs once per recipient
+        for ws in sockets:  # DirectWebSocket.flush, inlined: this loop runs once per recipient
             pending = ws._pending
             if not pending:
-                continue
+                continue  # written already (by the other flush, or before a close)
             ws._pending = []
             transport = ws.transport
             try:
@@ -446,7 +498,8 @@ class FastFanout:
         queued: list[str] | None = None
         direct = 0
         dirty = self._dirty
-        dirty_before = len(dirty)
+        batch = self.write_batch
+        full = False
         for sid, eio_sid in manager.get_participants(namespace, room):
             if sid in skip:
                 continue
@@ -460,16 +513,18 @@ class FastFanout:
                     # ws.write_frame(frame), inlined: this loop runs once per recipient
                     pending = ws._pending
                     pending.append(frame)
-                    if len(pending) == 1:
+                    n = len(pending)
+                    if n == 1:
                         dirty.append(ws)
+                    elif n >= batch:
+                        full = True
                     direct += 1
                     continue
             if queued is None:
                 queued = []
             queued.append(eio_sid)
-        if len(dirty) > dirty_before and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if dirty:
+            self._schedule_flush(full or batch <= 1)
         stats = self.stats
         stats.broadcasts += 1
         stats.direct_deliveries += direct

@@ -137,8 +137,13 @@ def test_json_module_errors_are_the_standard_ones():
 def test_settings(tmp_path):
     default = Settings.from_env({"DATA_DIR": str(tmp_path)})
     assert default.fast_fanout is True and default.slow_client_buffer_bytes == 1024 * 1024
-    custom = Settings.from_env({"DATA_DIR": str(tmp_path), "FAST_FANOUT": "false", "SLOW_CLIENT_BUFFER_BYTES": "65536"})
+    assert default.fanout_write_delay_s == 0.05 and default.fanout_write_batch == 3
+    custom = Settings.from_env({"DATA_DIR": str(tmp_path), "FAST_FANOUT": "false", "SLOW_CLIENT_BUFFER_BYTES": "65536",
+                                "FANOUT_WRITE_DELAY_MS": "0", "FANOUT_WRITE_BATCH": "1"})
     assert custom.fast_fanout is False and custom.slow_client_buffer_bytes == 65536
+    assert custom.fanout_write_delay_s == 0 and custom.fanout_write_batch == 1
+    with pytest.raises(ConfigError, match="FANOUT_WRITE_BATCH"):
+        Settings.from_env({"DATA_DIR": str(tmp_path), "FANOUT_WRITE_BATCH": "0"})
     with pytest.raises(ConfigError, match="SLOW_CLIENT_BUFFER_BYTES"):
         Settings.from_env({"DATA_DIR": str(tmp_path), "SLOW_CLIENT_BUFFER_BYTES": "0"})
 
@@ -178,9 +183,11 @@ async def test_permessage_deflate_is_not_negotiated(node):
             assert fanout_of(node).stats.direct_packets >= 1  # the CONNECT answer
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast", "stock"])
-async def test_acks_direct_emits_and_broadcasts_keep_their_order(start_node, fast):
-    node = await start_node(fast_fanout=fast)  # the stock path sets the expectations
+@pytest.mark.parametrize("fast,delay", [(True, 0.05), (True, 0.0), (False, 0.0)], ids=["fast", "fast-no-delay", "stock"])
+async def test_acks_direct_emits_and_broadcasts_keep_their_order(start_node, fast, delay):
+    # The stock path sets the expectations; "fast" batches broadcasts (the default write
+    # delay), "fast-no-delay" writes at the end of every event-loop iteration.
+    node = await start_node(fast_fanout=fast, fanout_write_delay_s=delay, fanout_write_batch=3)
     assert (node.components.sio.manager.fanout is not None) is fast
     sio = node.components.sio
     room = unique()
@@ -258,6 +265,56 @@ async def test_acks_direct_emits_and_broadcasts_keep_their_order(start_node, fas
     assert bob_rooms == list(range(n))
     await alice.close()
     await bob.close()
+
+
+async def test_busy_broadcasts_wait_for_the_write_delay_but_acks_and_quiet_rooms_do_not(start_node):
+    # docs/protocol.md §6 "Performance": broadcast frames may wait up to FANOUT_WRITE_DELAY_MS
+    # for more (until a socket has FANOUT_WRITE_BATCH of them); a node that has not written a
+    # broadcast for that long writes at once, and acks never wait.  A long delay makes the
+    # cases tell apart by timing; room_stats is slowed down so that only the test broadcasts.
+    delay = 1.0
+    node = await start_node(fanout_write_delay_s=delay, fanout_write_batch=3, room_stats_interval_s=60)
+    sio = node.components.sio
+    room = unique()
+    alice = await RawClient(node.url).connect("alice")
+    bob = await RawClient(node.url).connect("bob")
+    loop = asyncio.get_running_loop()
+
+    async def broadcast(*numbers: int) -> float:
+        sent = loop.time()
+        for n in numbers:
+            await sio.emit("probe", {"n": n}, to=room_channel(room))
+        return sent
+
+    async def bob_gets(*numbers: int) -> float:
+        missing = set(numbers)
+        while missing:
+            kind, name, data = parse(await bob.next(timeout=5))
+            if kind == "event" and name == "probe":
+                missing.discard(data["n"])
+        return loop.time()
+
+    try:
+        assert (await alice.call("join_room", {"room_id": room}, 1))["ok"]
+        assert (await bob.call("join_room", {"room_id": room}, 2))["ok"]
+        await asyncio.sleep(delay + 0.2)
+        sent = await broadcast(1)  # quiet node: at once
+        assert await bob_gets(1) - sent < delay / 2
+        sent = await broadcast(2)  # right after a write: waits for more
+        assert await bob_gets(2) - sent >= delay * 0.7
+        sent = await broadcast(3, 4, 5)  # a full batch: at once
+        assert await bob_gets(3, 4, 5) - sent < delay / 2
+        sent = await broadcast(6)  # waits again, but an ack (to alice, who has it pending too) does not
+        asked = loop.time()
+        assert (await alice.call("join_room", {"room_id": room}, 3))["ok"]
+        assert loop.time() - asked < delay / 2
+        assert await bob_gets(6) - sent >= delay * 0.7
+        # alice got the waiting broadcast with her ack, before it: order holds
+        probes = [parse(p)[2]["n"] for p in alice.packets if parse(p)[1] == "probe"]
+        assert probes == [1, 2, 3, 4, 5, 6]
+    finally:
+        await alice.close()
+        await bob.close()
 
 
 async def test_polling_clients_get_everything_through_the_stock_path(node, connect):
