@@ -24,12 +24,14 @@ from .realtime.broadcaster import Broadcaster
 from .realtime.connections import ConnectionRegistry
 from .realtime.drain import Drain
 from .realtime.fanout import FastFanout, orjson_module
+from .realtime.lean_transport import LeanWebSockets
 from .realtime.manager import LocalDeliveryHook, LocalManager, RedisManager
 from .realtime.moderation_relay import LiveModeration
+from .realtime.packets import ChatPacket
 from .realtime.room_cache_relay import RoomCacheRelay
 from .realtime.room_stats import Gate, MemoryGate, RedisGate, RoomStatsCoalescer
 from .realtime.sessions import ChatSessions, LivePolicy
-from .realtime.socketio_handlers import SocketIOHandlers
+from .realtime.socketio_handlers import ENVIRON_KEYS, SocketIOHandlers
 from .realtime.ws_handler import setup_ws
 from .rest.dev_auth import DevTokenApi
 from .rest.forwarded import TrustedProxies, forwarded_middleware
@@ -145,17 +147,21 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         # and out, acks, the Redis bus; realtime/fanout.py says where it differs.
         json=orjson_module,
     )
+    sio.packet_class = ChatPacket  # python-socketio's packet with a cheaper binary check (realtime/packets.py)
     if settings.fast_fanout:
         fanout = FastFanout(sio, slow_client_buffer_bytes=settings.slow_client_buffer_bytes,
                             write_delay_s=settings.fanout_write_delay_s, write_batch=settings.fanout_write_batch)
         if fanout.install():
             sio.manager.fanout = fanout
             metrics.watch_fanout(fanout.stats)
+            if settings.lean_websockets:  # before sio.attach: it serves the Engine.IO endpoint's GETs
+                LeanWebSockets(sio, fanout, environ_keys=ENVIRON_KEYS).install()
 
     room_store = RoomStore(db)
 
-    async def stats_of(room_id: str) -> dict[str, Any]:
-        return {"online_users": await presence.count(room_id), "message_count": await room_store.message_count(room_id)}
+    async def stats_of(room_ids: list[str]) -> dict[str, dict[str, Any]]:
+        counts = await room_store.message_counts(room_ids)
+        return {room_id: {"online_users": await presence.count(room_id), "message_count": counts.get(room_id, 0)} for room_id in room_ids}
 
     stats = RoomStatsCoalescer(gate, stats_of, interval_s=settings.room_stats_interval_s)
     broadcaster = Broadcaster(sio, stats)
@@ -303,6 +309,14 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     async def on_cleanup(app: web.Application) -> None:
         for task in background:
             task.cancel()
+        # A task can lose a cancellation that lands just as what it awaits completes (Python
+        # 3.11's asyncio.wait_for, which redis-py uses per command) and wait on forever:
+        # cancelled again until it ends.
+        pending = {task for task in background if not task.done()}
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+            for task in pending:
+                task.cancel()
         for task in background:
             with contextlib.suppress(BaseException):
                 await task

@@ -197,6 +197,9 @@ class Settings:
     # longer ago than the delay writes at once.
     fanout_write_delay_s: float = 0.05
     fanout_write_batch: int = 3
+    # Socket.IO clients opening a WebSocket directly are served on the raw connection
+    # (realtime/lean_transport.py: a fraction of the memory per connection); needs fast_fanout.
+    lean_websockets: bool = True
 
     @property
     def chat_ip_limit(self) -> int:
@@ -347,4 +350,5 @@ class Settings:
             fanout_write_delay_s=_parse(env, ("FANOUT_WRITE_DELAY_MS",), 50, _non_negative_int,
                                         "a non-negative number of milliseconds (0: write at once)") / 1000,
             fanout_write_batch=_parse(env, ("FANOUT_WRITE_BATCH",), 3, _positive_int, "a positive integer"),
+            lean_websockets=_parse(env, ("LEAN_WEBSOCKETS",), True, _to_bool, "true or false"),
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import cached_property
+from typing import Any, TypeVar
 
 ROLE_USER = "user"
 ROLE_MODERATOR = "moderator"
@@ -18,6 +20,33 @@ ROOM_DM = "dm"
 ROOM_TYPES = (ROOM_PUBLIC, ROOM_PRIVATE, ROOM_DM)
 
 MEMBER_ROLES = ("member", "moderator", "owner")
+
+
+_T = TypeVar("_T")
+
+
+_FIELD_NAMES: dict[type, frozenset[str] | None] = {}
+
+
+def _field_names(cls: type) -> frozenset[str] | None:
+    """The fields of a dataclass whose instances ``build`` may fill directly (plain: no
+    ``__slots__``, nothing run at init), else None."""
+    if cls not in _FIELD_NAMES:
+        plain = "__slots__" not in cls.__dict__ and not hasattr(cls, "__post_init__")
+        _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls)) if plain else None
+    return _FIELD_NAMES[cls]
+
+
+def build(cls: type[_T], fields: dict[str, Any]) -> _T:
+    """``cls(**fields)`` for a plain frozen dataclass, every field given, without the
+    ``object.__setattr__`` per field that a frozen dataclass's ``__init__`` does (about
+    3 µs for a ``Message``, on every message sent).  Same object, same equality and hash."""
+    names = _field_names(cls)
+    if names is None or fields.keys() != names:
+        return cls(**fields)
+    instance: _T = object.__new__(cls)
+    instance.__dict__.update(fields)
+    return instance
 
 
 def utc_iso(moment: datetime | None) -> str | None:
@@ -109,6 +138,12 @@ class Message:
     client_msg_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
+    @cached_property
+    def timestamp(self) -> str | None:
+        """``created_at`` as the wire writes it; computed once (a new message is written
+        twice: its broadcast and its sender's ack)."""
+        return utc_iso(self.created_at)
+
     def to_dict(self) -> dict[str, Any]:
         """The wire form (PROTOCOL.md §2 "Message")."""
         return {
@@ -119,7 +154,7 @@ class Message:
             "content": self.content,
             "content_html": self.content_html,
             "type": self.type,
-            "timestamp": utc_iso(self.created_at),
+            "timestamp": self.timestamp,
             "edited_at": utc_iso(self.edited_at),
             "reactions": dict(self.reactions),
             "mentions": list(self.mentions),

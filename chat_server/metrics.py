@@ -16,6 +16,7 @@ class Metrics:
         self.events = Counter(
             "chat_events_total", "Client events handled, by event and outcome code", ["event", "outcome"], registry=self.registry
         )
+        self._event_counters: dict[tuple[str, str], Any] = {}
         self.connections = Gauge("chat_connections", "Live connections on this node", ["transport"], registry=self.registry)
         # Group commit of new messages: batches written and messages in them (mean batch
         # size = batched / batches).
@@ -32,7 +33,11 @@ class Metrics:
 
     def count_event(self, event: str, outcome: str) -> None:
         # Unknown event names come from clients: bucket them to keep cardinality bounded.
-        self.events.labels(event if event in KNOWN_EVENTS else "other", outcome).inc()
+        key = (event if event in KNOWN_EVENTS else "other", outcome)
+        child = self._event_counters.get(key)
+        if child is None:  # labels() takes a lock and builds the key: once per pair, not per event
+            child = self._event_counters[key] = self.events.labels(*key)
+        child.inc()
 
 
 KNOWN_EVENTS = frozenset(

@@ -6,6 +6,7 @@ document REST responses in OpenAPI and let the tests check every emitted event.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any
 
@@ -13,7 +14,8 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from .errors import ValidationFailed
 
-ROOM_ID = validate.Regexp(r"^[A-Za-z0-9_\-.:@]{1,128}$", error="Room ids are 1-128 letters, digits or _ - . : @")
+_ROOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-.:@]{1,128}$")
+ROOM_ID = validate.Regexp(_ROOM_ID_PATTERN, error="Room ids are 1-128 letters, digits or _ - . : @")
 
 
 class InSchema(Schema):
@@ -79,6 +81,32 @@ def load(schema: Schema, payload: Any) -> dict[str, Any]:
         return dict(schema.load(payload))
     except ValidationError as exc:
         raise ValidationFailed("The payload is not valid", details=exc.messages) from None
+
+
+_MESSAGE_TYPES = ("text", "encrypted")
+
+
+def _short_id(value: Any) -> bool:
+    """``None`` or a string of 1-128 characters (``client_msg_id``, ``reply_to``)."""
+    return value is None or (type(value) is str and 0 < len(value) <= 128)
+
+
+def load_send_message(payload: Any) -> dict[str, Any]:
+    """``load(schema_of(SendMessageIn), payload)``, the hottest payload of all, with the
+    usual well-formed case checked directly (marshmallow costs ~10 µs a message): every
+    value exactly of the type the schema accepts and within its rules gives the dict the
+    schema gives; anything else goes through the schema, for its exact errors.
+    Equivalence: tests/unit/test_schemas.py."""
+    if type(payload) is dict:
+        room_id = payload.get("room_id")
+        content = payload.get("content")
+        kind = payload.get("type", "text")
+        client_msg_id = payload.get("client_msg_id")
+        reply_to = payload.get("reply_to")
+        if (type(room_id) is str and _ROOM_ID_PATTERN.match(room_id) is not None and type(content) is str
+                and type(kind) is str and kind in _MESSAGE_TYPES and _short_id(client_msg_id) and _short_id(reply_to)):
+            return {"room_id": room_id, "content": content, "type": kind, "client_msg_id": client_msg_id, "reply_to": reply_to}
+    return load(schema_of(SendMessageIn), payload)
 
 
 # --- Out: shared shapes ----------------------------------------------------------------

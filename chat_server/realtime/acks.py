@@ -31,8 +31,11 @@ async def acknowledge(
         if drain is None:
             result = await run()
         else:
-            async with drain.track():
+            drain.enter()
+            try:
                 result = await run()
+            finally:
+                drain.leave()
     except ChatError as exc:
         if exc.http_status >= 500:
             log.warning("%s failed: %s", event, exc.code, extra=context)

@@ -59,7 +59,9 @@ class RedisGate:
             return await self._local.try_acquire(key, interval_ms)
 
 
-StatsSource = Callable[[str], Awaitable[dict[str, Any]]]
+#: The stats of several rooms at once (room id -> stats): one database round trip for all
+#: the rooms due in a tick, not one per room.
+StatsSource = Callable[[list[str]], Awaitable[dict[str, dict[str, Any]]]]
 StatsSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
@@ -77,14 +79,29 @@ class RoomStatsCoalescer:
 
     async def flush(self, sink: StatsSink) -> None:
         interval_ms = max(1, int(self._interval * 1000))
+        due: list[str] = []
         for room_id in list(self._dirty):
             try:
                 if not await self._gate.try_acquire(f"stats:{room_id}", interval_ms):
                     continue
-                self._dirty.discard(room_id)
-                await sink(room_id, await self._source(room_id))
             except Exception:
-                log.exception("room_stats for %s failed; will retry", room_id)
+                log.exception("room_stats gate for %s failed; will retry", room_id)
+                continue
+            self._dirty.discard(room_id)
+            due.append(room_id)
+        if not due:
+            return
+        try:
+            stats = await self._source(due)
+        except Exception:
+            log.exception("room_stats of %d rooms failed; will retry", len(due))
+            self._dirty.update(due)
+            return
+        for room_id in due:
+            try:
+                await sink(room_id, stats[room_id])
+            except Exception:
+                log.exception("room_stats for %s failed", room_id)
 
     async def run(self, sink: StatsSink) -> None:
         tick = self._interval / 4

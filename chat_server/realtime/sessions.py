@@ -186,7 +186,8 @@ class ChatSessions:
         message = await self._messages.send(conn.user, room_id, content=content, type=type, client_msg_id=client_msg_id, reply_to=reply_to,
                                              address=conn.address)
         # Sending ends typing; tell the room now instead of waiting for the expiry.
-        await self._stop_typing(conn, room_id)
+        if room_id in conn.typing:
+            await self._stop_typing(conn, room_id)
         return message
 
     async def edit_message(self, conn: ConnState, message_id: str, content: str) -> Message:

@@ -12,7 +12,7 @@ import socketio
 
 from ..auth import TokenVerifier, bearer_token
 from ..errors import ChatError, Unauthorized, ValidationFailed
-from ..schemas import DeleteMessageIn, EditMessageIn, JoinRoomIn, LeaveRoomIn, ReactIn, SendMessageIn, TypingIn, load, schema_of
+from ..schemas import DeleteMessageIn, EditMessageIn, JoinRoomIn, LeaveRoomIn, ReactIn, TypingIn, load, load_send_message, schema_of
 from .acks import Outcome, acknowledge
 from .broadcaster import room_channel, user_channel
 from .connections import ConnState
@@ -34,6 +34,11 @@ class SocketIOTransport:
 
     async def leave(self, conn: ConnState, room_id: str) -> None:
         await self._sio.leave_room(conn.sid, room_channel(room_id))
+
+
+#: What these handlers read from a connection's environ (besides its address): the lean
+#: transport keeps only these (realtime/lean_transport.py).
+ENVIRON_KEYS = ("QUERY_STRING", "HTTP_AUTHORIZATION")
 
 
 def _query(environ: dict[str, Any]) -> dict[str, str]:
@@ -165,7 +170,7 @@ class SocketIOHandlers:
 
     async def send_message(self, sid: str, data: Any = None, *_extra: Any) -> dict[str, Any]:
         async def run() -> dict[str, Any]:
-            payload = load(schema_of(SendMessageIn), data)
+            payload = load_send_message(data)
             message = await self._sessions.send(
                 self._conn(sid),
                 payload["room_id"],

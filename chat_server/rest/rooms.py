@@ -13,6 +13,7 @@ from ..services.messages import MessageService
 from ..services.presence import PresenceStore
 from ..services.rooms import RoomService
 from .middleware import principal
+from .responses import json_response
 
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 ERRORS = {
@@ -92,7 +93,7 @@ class RoomsApi:
         if page.messages:
             body["first_seq"] = page.messages[0].seq
             body["last_seq"] = page.messages[-1].seq
-        return web.json_response(body)
+        return json_response(body)
 
     @docs(tags=["rooms"], summary="Members of a room, with who is online", security=BEARER, responses={**ERRORS})
     @response_schema(MembersOut, 200)

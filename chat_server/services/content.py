@@ -42,6 +42,12 @@ def _linker() -> Linker:
 
 def to_plain_text(raw: str) -> str:
     """Markup removed, entities decoded, invisible characters dropped, NFKC normalised."""
+    if raw.isascii() and raw.isprintable() and "<" not in raw and "&" not in raw:
+        # Printable ASCII without a tag or an entity (most chat messages): NFKC leaves it
+        # as it is and it holds no invisible character, tab or line break, so only the
+        # collapsing of spaces and the final strip can change it (equivalence:
+        # tests/unit/test_content.py).
+        return (_SPACES.sub(" ", raw) if "  " in raw else raw).strip()
     text = unicodedata.normalize("NFKC", raw)
     # Remove tags (keeping their text), then turn entities back into characters: the
     # result is text, never markup.  Loop because decoding can reveal new markup
@@ -74,6 +80,8 @@ MENTION = re.compile(r"(?<![^\s(\[{\"',;!?])@([\w.\-]{1,64})")
 
 def find_mentions(text: str) -> list[str]:
     """The distinct ``@tokens`` of ``text`` in order of appearance (without the ``@``)."""
+    if "@" not in text:
+        return []
     seen: dict[str, str] = {}
     for match in MENTION.finditer(text):
         token = match.group(1).rstrip(".-")
@@ -86,7 +94,9 @@ def _linkify(text: str) -> str:
     if not text:
         return ""
     escaped = html.escape(text, quote=True)
-    if URL_RE.search(escaped) is None and "\r" not in escaped and _INVISIBLE.search(escaped) is None:
+    # ``"." not in``: every match of URL_RE has a dot before its top-level domain, so the
+    # regex (slow: hundreds of alternatives) only runs on texts with a dot.
+    if ("." not in escaped or URL_RE.search(escaped) is None) and "\r" not in escaped and _INVISIBLE.search(escaped) is None:
         # No link for the linker to mark up: its parse and re-serialisation give back the
         # escaped text unchanged, so skip them (the linker's own pattern decides; a match
         # anywhere sends the text through the linker).  Equivalence: tests/unit/test_content.py.

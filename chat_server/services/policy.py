@@ -271,17 +271,18 @@ class MessageGuard:
         # The user's recent messages (repeat rule) are read while the rate limit is hit:
         # a read has no effect, and with Redis both commands share one round trip
         # (storage.redis_pipeline).  Unused if the message is refused before that rule.
-        own_recent: asyncio.Future[list[str]] | None = None
-        if not encrypted and policy.moderation and policy.spam:
-            own_recent = asyncio.ensure_future(self._spam.recent_texts(user.user_id))
+        # The in-memory store is read when the rule runs (None here: no task per message).
+        repeats = not encrypted and policy.moderation and policy.spam
+        own_recent = self._spam.prefetch_recent(user.user_id) if repeats else None
         try:
             await self._rate_limit("msg", user, address, exempt)
 
             if not encrypted:
                 text = await self._content(user, text, modes, exempt)
-                if own_recent is not None:
+                if repeats:
                     try:
-                        await self._spam.check_repeats(user.user_id, text, recent=await own_recent)
+                        recent = await own_recent if own_recent is not None else None  # None: read by check_repeats
+                        await self._spam.check_repeats(user.user_id, text, recent=recent)
                     except MessageRejected:
                         if not await exempt():
                             raise
@@ -295,7 +296,9 @@ class MessageGuard:
             if own_recent is not None:
                 if not own_recent.done():
                     own_recent.cancel()
-                own_recent.add_done_callback(_retrieve)
+                    own_recent.add_done_callback(_retrieve)
+                else:
+                    _retrieve(own_recent)
 
         slow_ms = modes.slow_mode_ms
         if slow_ms > 0 and not user.is_global_moderator:

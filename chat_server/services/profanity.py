@@ -402,12 +402,16 @@ class ProfanityFilter:
         visible = count - 1 if ends_with_word and len(tokens[-1]) == 1 else count
         lookahead = index.max_combinations
         probe = index.probe
+        symbols = alphabet.symbols
         runs: list[_Run] = []
         i = 0
         while i < count:
             key = keys[i]
             if key not in plain_prefixes:
-                if not with_symbols:
+                # A word that is no plain prefix and holds no symbol cannot start an entry
+                # (``probe``'s own first test, without the call: a number elsewhere in the
+                # message makes ``with_symbols`` true for every word).
+                if not with_symbols or symbols.isdisjoint(key):
                     i += 1
                     continue
                 is_entry, alive = probe(key)

@@ -20,33 +20,71 @@ Redis one in ``storage.recent_redis`` (shared by every node).
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import re
 import time
 import unicodedata
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from bleach.linkifier import URL_RE
 
 from ..errors import MessageRejected
 from .confusables import fold_confusables
 
-_WHITESPACE = re.compile(r"\s+")
+T = TypeVar("T")
 
 
-@lru_cache(maxsize=4096)
-def normalise(text: str) -> str:
-    """The form duplicates are compared in: NFKC, lookalikes folded, case-folded,
-    punctuation removed, white space collapsed.  A text that is nothing but punctuation
-    keeps its punctuation (so ``"!!!"`` and ``"???"`` still differ)."""
+class _TextCache(Generic[T]):
+    """``build(text)``, remembered for the last ``size`` texts (the oldest is forgotten).
+
+    The send path computes a few values per message text (normalised form, character
+    counts) that later messages of the same user reuse.  Not ``functools.lru_cache``: it
+    keeps one list per entry, a container the garbage collector tracks, and with
+    thousands of new texts a second those entries (each alive for about a second) were
+    most of what the collector walked, and paused for.  Here the texts and values are
+    strings and plain dicts of ints, which the collector does not track.
+    """
+
+    __slots__ = ("_build", "_size", "_values", "_order")
+
+    def __init__(self, build: Callable[[str], T], size: int = 4096) -> None:
+        self._build = build
+        self._size = size
+        self._values: dict[str, T] = {}
+        self._order: deque[str] = deque()
+
+    def __call__(self, text: str) -> T:
+        value = self._values.get(text)
+        if value is None:
+            value = self._values[text] = self._build(text)
+            self._order.append(text)
+            if len(self._order) > self._size:
+                del self._values[self._order.popleft()]
+        return value
+
+
+def _normalise(text: str) -> str:
+    # ``" ".join(s.split())`` is ``re.sub(r"\s+", " ", s).strip()`` without the regex
+    # (both split on what ``str.isspace`` calls white space).  ASCII needs neither NFKC
+    # nor lookalike folding (both leave it as it is), and its case folding is ``lower``.
+    if text.isascii():
+        folded = text.lower()
+        stripped = folded.encode("ascii").translate(None, _ASCII_PUNCTUATION).decode("ascii")  # C table, no dict per char
+        return " ".join(stripped.split()) or " ".join(folded.split())
     folded = fold_confusables(unicodedata.normalize("NFKC", text)).casefold()
     stripped = _without_punctuation(folded)
-    collapsed = _WHITESPACE.sub(" ", stripped).strip()
-    return collapsed or _WHITESPACE.sub(" ", folded).strip()
+    return " ".join(stripped.split()) or " ".join(folded.split())
+
+
+#: The form duplicates are compared in: NFKC, lookalikes folded, case-folded,
+#: punctuation removed, white space collapsed.  A text that is nothing but punctuation
+#: keeps its punctuation (so ``"!!!"`` and ``"???"`` still differ).
+normalise: Callable[[str], str] = _TextCache(_normalise)
 
 
 @lru_cache(maxsize=1)
@@ -54,6 +92,10 @@ def _bmp_punctuation() -> dict[int, None]:
     # Every punctuation code point (Unicode category P*) of the Basic Multilingual Plane,
     # for str.translate (built once, in ~30 ms).
     return {cp: None for cp in range(0x10000) if unicodedata.category(chr(cp)).startswith("P")}
+
+
+#: ASCII punctuation (category P*: not ``$+<=>^`|~``, which are symbols), for ASCII texts.
+_ASCII_PUNCTUATION = bytes(cp for cp in range(0x80) if unicodedata.category(chr(cp)).startswith("P"))
 
 
 def _without_punctuation(text: str) -> str:
@@ -65,6 +107,8 @@ def _without_punctuation(text: str) -> str:
 
 
 def count_links(text: str) -> int:
+    if "." not in text:
+        return 0  # every link URL_RE matches has a dot before its top-level domain
     return sum(1 for _ in URL_RE.finditer(text))
 
 
@@ -73,14 +117,13 @@ def similar(a: str, b: str, threshold: float) -> bool:
     return _similar(a, _char_counts(a), b, threshold)
 
 
-@lru_cache(maxsize=4096)
-def _char_counts(text: str) -> Counter[str]:
-    # A user's remembered texts are compared with each of their next messages: counted
-    # once.  Read-only (never mutate a cached Counter).
-    return Counter(text)
+#: How often each character occurs in a text.  A user's remembered texts are compared
+#: with each of their next messages: counted once.  Read-only (never mutate a cached
+#: dict); a plain dict (untracked by the garbage collector), not the Counter itself.
+_char_counts: Callable[[str], dict[str, int]] = _TextCache(lambda text: dict(Counter(text).items()))
 
 
-def _similar(a: str, a_counts: Counter[str], b: str, threshold: float) -> bool:
+def _similar(a: str, a_counts: Mapping[str, int], b: str, threshold: float) -> bool:
     """``similar`` with ``a``'s character counts computed once for many ``b``."""
     if a == b:
         return True
@@ -91,15 +134,23 @@ def _similar(a: str, a_counts: Counter[str], b: str, threshold: float) -> bool:
     if 2 * min(len(a), len(b)) / length < threshold:
         return False
     # Then by the characters they share: exactly difflib's quick_ratio() (matches = the
-    # size of the multiset intersection, same float expression), computed with Counter
-    # instead of a Python loop per character, and without building a SequenceMatcher
-    # for the pairs it rules out.
-    shared = 0
+    # size of the multiset intersection, same float expression), from the texts' cached
+    # character counts instead of a loop over every character, without building a SequenceMatcher
+    # for the pairs it rules out.  Most pairs are ruled out part-way: once more of b's
+    # characters are unmatched than ``budget`` (set one character short of the exact
+    # bound, so float rounding can never rule out a pair the exact test keeps), the
+    # intersection can no longer reach the threshold.
+    len_b = len(b)
+    budget = len_b - int(threshold * length / 2) + 1
+    unmatched = 0
+    get = a_counts.get
     for char, count in _char_counts(b).items():
-        mine = a_counts.get(char)
-        if mine:
-            shared += count if count < mine else mine
-    if 2.0 * shared / length < threshold:
+        mine = get(char, 0)
+        if mine < count:
+            unmatched += count - mine
+            if unmatched > budget:
+                return False
+    if 2.0 * (len_b - unmatched) / length < threshold:
         return False
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= threshold
 
@@ -128,6 +179,10 @@ class MemoryRecentStore:
         self._max_keys = max_keys
 
     async def recent(self, key: str, window_ms: int) -> list[str]:
+        return self.recent_now(key, window_ms)
+
+    def recent_now(self, key: str, window_ms: int) -> list[str]:
+        """``recent`` without a coroutine (nothing here waits)."""
         entry = self._items.get(key)
         if entry is None:
             return []
@@ -179,13 +234,25 @@ class SpamDetector:
         with), for a caller that reads them ahead of time."""
         return await self._recent.recent(self._key(user_id), self._rules.duplicate_window_ms)
 
+    def prefetch_recent(self, user_id: str) -> asyncio.Future[list[str]] | None:
+        """``recent_texts`` started now, for a caller with other work to do meanwhile: a
+        shared store's read goes out with that work's commands (one pipelined round trip).
+        None for the in-memory store, which ``check_repeats`` reads at once itself (a task
+        per message would cost more than the read)."""
+        if isinstance(self._recent, MemoryRecentStore):
+            return None
+        return asyncio.ensure_future(self.recent_texts(user_id))
+
     async def check_repeats(self, user_id: str, text: str, *, recent: list[str] | None = None) -> None:
         """Refuse a message the user already sent ``max_repeats`` times in the window
         (``recent``: the result of ``recent_texts``, when already read)."""
         rules = self._rules
         current = normalise(text)
         if recent is None:
-            recent = await self.recent_texts(user_id)
+            if isinstance(self._recent, MemoryRecentStore):
+                recent = self._recent.recent_now(self._key(user_id), rules.duplicate_window_ms)
+            else:
+                recent = await self.recent_texts(user_id)
         counts = _char_counts(current)
         copies = 0
         for previous in recent:

@@ -20,6 +20,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from ..errors import Unavailable
+from .prepared import Prepared, PreparedStatements
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Database:
         self._timeout = timeout_s
         self._pool: aiopg.Pool | None = None
         self._lock = asyncio.Lock()
+        self._prepared = PreparedStatements()
 
     @property
     def dsn(self) -> str:
@@ -71,7 +73,7 @@ class Database:
             self._pool = None
 
     @asynccontextmanager
-    async def _cursor(self) -> AsyncIterator[Any]:
+    async def _cursor(self, factory: Any = None) -> AsyncIterator[Any]:
         if self._pool is None:
             await self.connect()
         assert self._pool is not None
@@ -84,29 +86,50 @@ class Database:
                 # trip over a closed poll handle of a previous attempt.  It is still "the
                 # database is not reachable", not a bug of the caller.
                 raise OSError(str(exc)) from exc
+            cur = None
             try:
-                async with conn.cursor() as cur:
+                async with conn.cursor(cursor_factory=factory) as cur:
                     yield cur
             finally:
+                # An aiopg cursor and its Transaction helper point at each other, so every
+                # statement left a reference cycle for the collector: thousands of objects
+                # per young collection under load (5 ms each on the history benchmark).
+                # Closed, the cursor needs neither; unlinked, it is freed at once.
+                if cur is not None:
+                    vars(cur).pop("_transaction", None)
                 await acquired.__aexit__(None, None, None)
         except _CONNECTION_ERRORS as exc:
             log.warning("database call failed: %s", exc)
             raise Unavailable("database unavailable") from exc
 
+    async def _run(self, cur: Any, sql: str, params: Sequence[Any] | dict[str, Any] | None) -> None:
+        if isinstance(sql, Prepared):
+            await self._prepared.execute(cur, sql, params)  # parsed and planned once per connection
+        else:
+            await cur.execute(sql, params)
+
     async def fetch(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
         async with self._cursor() as cur:
-            await cur.execute(sql, params)
+            await self._run(cur, sql, params)
+            return list(await cur.fetchall())
+
+    async def fetch_tuples(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Like ``fetch`` with plain tuples: for hot reads of many rows, where building a
+        dict per row (``RealDictCursor``, Python code per column) costs more than the query
+        (about 0.3 ms for 50 messages)."""
+        async with self._cursor(psycopg2.extensions.cursor) as cur:
+            await self._run(cur, sql, params)
             return list(await cur.fetchall())
 
     async def fetchrow(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> dict[str, Any] | None:
         async with self._cursor() as cur:
-            await cur.execute(sql, params)
+            await self._run(cur, sql, params)
             row = await cur.fetchone()
             return dict(row) if row is not None else None
 
     async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> int:
         async with self._cursor() as cur:
-            await cur.execute(sql, params)
+            await self._run(cur, sql, params)
             return int(cur.rowcount)
 
     @asynccontextmanager

@@ -11,7 +11,10 @@ Results are handed out in batch order, each batch's in item order: when several 
 are in flight, a later one is not resolved before an earlier one even if its round trip
 came back first.  Callers that resume in the order their futures resolve therefore see
 commit order (``MessageService`` relies on this to broadcast a room's messages in ``seq``
-order).
+order).  A big batch is handed out ``RESOLVE_SLICE`` callers per event-loop turn, so that
+what its first callers submit next (a client whose next message waited for this one's
+ack) leaves as the next batch while the rest are still being answered: the database and
+the event loop work at the same time instead of in turns.
 
 The handler returns one result per item; an exception *instance* in that list fails only
 that item's caller.  An exception raised by the handler fails every caller of the batch
@@ -32,6 +35,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 BatchHandler = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+
+#: Callers resumed per event-loop turn when a batch's results are handed out (see ``_run``).
+RESOLVE_SLICE = 32
 
 
 @dataclass
@@ -106,6 +112,7 @@ class GroupCommit(Generic[T, R]):
         resolved: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tail = resolved
         results: Sequence[Any] | None = None
+        handed = 0  # callers resumed so far
         try:
             try:
                 if batch:
@@ -127,8 +134,17 @@ class GroupCommit(Generic[T, R]):
                     self._start(asyncio.get_running_loop())
             if batch and previous is not None and not previous.done():
                 await asyncio.shield(previous)  # hand results out in batch order
+            # A big batch is handed out a slice at a time, one event-loop turn each: the
+            # callers of a slice run (and, when their clients have more to send, submit
+            # the next items) before the next slice resumes, so the next batch leaves while
+            # the rest of this one is still being answered instead of after all of it.
+            while results is not None and len(batch) - handed > RESOLVE_SLICE:
+                self._resolve(batch[handed:handed + RESOLVE_SLICE], results[handed:handed + RESOLVE_SLICE])
+                handed += RESOLVE_SLICE
+                await asyncio.sleep(0)
         finally:
-            self._resolve(batch, results)  # None (cancelled at shutdown): the callers are cancelled too
+            # None (cancelled at shutdown before the results): the callers are cancelled too.
+            self._resolve(batch[handed:], results[handed:] if results is not None else None)
             resolved.set_result(None)
             if self._tail is resolved:
                 self._tail = None

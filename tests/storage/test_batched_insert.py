@@ -199,7 +199,7 @@ async def test_client_msg_id_stored_by_another_writer_after_the_batch_snapshot(d
                 store.insert(new(room, marker, client_msg_id="contested")),
                 store.insert(new(room, "bystander " + marker)),
             )
-            await _wait_until_blocked(db, "jsonb_to_recordset")
+            await _wait_until_blocked(db, "insert_messages")
             winner = uuid.uuid4().hex
             cur.execute("UPDATE rooms SET last_seq = last_seq + 1, message_count = message_count + 1 WHERE id = %s", (room,))
             cur.execute("""INSERT INTO messages (message_id, room_id, seq, user_id, username, content, client_msg_id)
@@ -227,13 +227,13 @@ async def test_database_outage_mid_batch_fails_exactly_that_batch_and_stores_not
         with holder.cursor() as cur:
             cur.execute("SELECT last_seq FROM rooms WHERE id = %s FOR UPDATE", (room,))
             doomed = [asyncio.ensure_future(store.insert(new(room, f"doomed {i}"))) for i in range(5)]
-            await _wait_until_blocked(db, "jsonb_to_recordset")
+            await _wait_until_blocked(db, "insert_messages")
             # Queued behind the batch in flight: the next batch.
             survivors = [asyncio.ensure_future(store.insert(new(room, f"next {i}"))) for i in range(3)]
             await asyncio.sleep(0.05)
             # The database goes away under the batch: its connection is killed mid-statement.
             cur.execute("""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                           WHERE wait_event_type = 'Lock' AND query LIKE '%%jsonb_to_recordset%%'""")
+                           WHERE wait_event_type = 'Lock' AND query LIKE '%%insert_messages%%'""")
         holder.commit()
         outcomes = await asyncio.gather(*doomed, return_exceptions=True)
         assert all(isinstance(o, Unavailable) for o in outcomes), outcomes

@@ -21,7 +21,7 @@ async def test_concurrent_sends_share_statements_and_pipelines(database_url):
     db = components.db
     await db.connect()
     statements: Counter[str] = Counter()
-    for name in ("fetch", "fetchrow", "execute"):
+    for name in ("fetch", "fetchrow", "execute", "fetch_tuples"):
         original = getattr(db, name)
 
         def counted(sql: str, params: Any = None, _original: Any = original) -> Any:

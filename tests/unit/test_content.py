@@ -229,3 +229,15 @@ def test_linkify_fast_path_equals_the_linker(seed):
     texts += [_content.to_plain_text(t) for t in texts[:800]]  # what to_html really gets
     for text in texts:
         assert _content._linkify(text) == _linkify_reference(text), repr(text)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_printable_ascii_fast_path_equals_bleach(seed):
+    """to_plain_text returns printable ASCII without "<" or "&" after collapsing spaces
+    and stripping: the same as the full path."""
+    rng = random.Random(200 + seed)
+    alphabet = [chr(c) for c in range(0x20, 0x7F) if chr(c) not in "<&"] + [" "] * 10
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
+    texts += ["  lead and trail  ", "a  b   c", " ", "", "x" * 50, "great stream today what a play 123"]
+    for raw in texts:
+        assert _content.to_plain_text(raw) == _plain_reference(raw), repr(raw)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from chat_server.errors import Unavailable
-from chat_server.storage.group_commit import GroupCommit
+from chat_server.storage.group_commit import RESOLVE_SLICE, GroupCommit
 
 
 class Recorder:
@@ -147,3 +147,36 @@ async def test_close_waits_for_what_is_in_flight():
     await turns(1)
     await commit.close()
     assert all(p.done() for p in pending)
+
+
+async def test_a_big_batch_is_answered_a_slice_at_a_time_and_the_next_batch_leaves_meanwhile():
+    """Callers of a big batch resume in item order, RESOLVE_SLICE per event-loop turn; what
+    the first ones submit next leaves as the next batch before the last ones have resumed
+    (a server whose every client waits for its previous message keeps the database busy)."""
+    handler = Recorder()
+    handler.hold = True
+    commit = GroupCommit(handler)
+    events: list[str] = []
+    size = 3 * RESOLVE_SLICE + 5
+
+    async def client(i: int) -> None:
+        assert await commit.submit(i) == i * 10
+        events.append(f"resumed {i}")
+        await commit.submit(1000 + i)  # the client's next message
+
+    blocker = asyncio.ensure_future(commit.submit(0))
+    await turns(2)
+    clients = [asyncio.ensure_future(client(i)) for i in range(1, size + 1)]
+    await turns(2)
+    handler.gates[0].set()  # the blocker's batch returns; the big one leaves
+    await turns(3)
+    assert handler.batches[1] == list(range(1, size + 1))
+    handler.hold = False
+    handler.gates[1].set()  # the big batch returns
+    await asyncio.wait_for(asyncio.gather(*clients), 5)
+    assert await blocker == 0
+    assert events == [f"resumed {i}" for i in range(1, size + 1)]  # item order
+    follow_ups = handler.batches[2:]
+    assert sorted(i for b in follow_ups for i in b) == [1000 + i for i in range(1, size + 1)]
+    assert follow_ups[0] == [1000 + i for i in range(1, RESOLVE_SLICE + 1)]  # left after the first slice
+    assert len(follow_ups) > 1

@@ -417,3 +417,22 @@ async def test_private_room_membership_is_always_checked_even_when_the_room_is_c
     del repo.members[("secret", "alice")]
     with pytest.raises(errors.NotFound):
         await service.visible(ALICE, "secret", cached=True)
+
+
+def test_build_gives_the_same_object_as_the_constructor() -> None:
+    """``domain.build`` (the send path's constructor without per-field ``__setattr__``)."""
+    from datetime import UTC, datetime
+
+    from chat_server.domain import Message, NewMessage, build
+
+    fields = {"message_id": "m1", "room_id": "r", "seq": 3, "user_id": "u", "username": "U", "avatar": None, "content": "hi",
+              "content_html": "hi", "type": "text", "created_at": datetime.now(UTC), "edited_at": None, "deleted_at": None,
+              "reactions": {}, "mentions": ("x",), "reply_to": None, "client_msg_id": "c", "metadata": {}}
+    built = build(Message, fields)
+    assert type(built) is Message and built == Message(**fields)
+    assert built.to_dict() == Message(**fields).to_dict()
+    partial = {k: v for k, v in fields.items() if k != "metadata"}  # a default left out: the constructor fills it
+    assert build(Message, partial) == Message(**partial)
+    new = build(NewMessage, {"message_id": "m", "room_id": "r", "user": Principal("u", "U"), "content": "c", "content_html": None,
+                             "type": "text", "client_msg_id": None, "reply_to": None, "mentions": (), "metadata": {}})
+    assert new == NewMessage("m", "r", Principal("u", "U"), "c", None, "text", None, None)

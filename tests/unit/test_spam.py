@@ -179,3 +179,26 @@ async def test_recent_store_keeps_the_newest_within_the_window(make_recent: Call
     assert sorted(await first.recent("k", 10_000)) == ["three: with a colon", "two", "two"]  # "one" was past `keep`
     clock.advance(1)
     assert await first.recent("k", 10_000) == []
+
+
+def test_normalise_equals_its_definition_on_many_texts() -> None:
+    """``normalise`` (ASCII fast path, white space split instead of a regex) against the
+    rule as first written: NFKC, lookalikes folded, case-folded, punctuation removed,
+    white space collapsed; punctuation kept when nothing else is left."""
+    import re
+    import unicodedata
+
+    from chat_server.services.spam import _without_punctuation
+
+    white = re.compile(r"\s+")
+
+    def reference(text: str) -> str:
+        folded = fold_confusables(unicodedata.normalize("NFKC", text)).casefold()
+        collapsed = white.sub(" ", _without_punctuation(folded)).strip()
+        return collapsed or white.sub(" ", folded).strip()
+
+    rng = random.Random(13)
+    pool = [chr(c) for c in range(0x80)] + list("éßẞ😀…·ｈ\u00a0\u2028\u3000\u0130ΑаІ¡¿") + [" "] * 20
+    for _ in range(20_000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 30)))
+        assert normalise(text) == reference(text), repr(text)

@@ -1,0 +1,60 @@
+"""``RoomStatsCoalescer``: the rooms due in a tick are read together (one source call, so
+one database round trip, for all of them) and each is announced with its own stats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chat_server.realtime.room_stats import MemoryGate, RoomStatsCoalescer
+from tests.conftest import FakeClock
+
+
+async def test_rooms_due_together_are_read_in_one_call_and_announced_each() -> None:
+    calls: list[list[str]] = []
+
+    async def source(room_ids: list[str]) -> dict[str, dict[str, Any]]:
+        calls.append(sorted(room_ids))
+        return {room_id: {"message_count": len(room_id)} for room_id in room_ids}
+
+    sent: dict[str, dict[str, Any]] = {}
+
+    async def sink(room_id: str, stats: dict[str, Any]) -> None:
+        sent[room_id] = stats
+
+    clock = FakeClock()
+    coalescer = RoomStatsCoalescer(MemoryGate(clock), source, interval_s=1.0)
+    for room_id in ("a", "bb", "ccc"):
+        coalescer.touch(room_id)
+    await coalescer.flush(sink)
+    assert calls == [["a", "bb", "ccc"]]
+    assert sent == {"a": {"message_count": 1}, "bb": {"message_count": 2}, "ccc": {"message_count": 3}}
+
+    coalescer.touch("a")  # within the interval: held back, announced once the gate opens
+    await coalescer.flush(sink)
+    assert len(calls) == 1
+    clock.advance(1.1)
+    await coalescer.flush(sink)
+    assert calls[-1] == ["a"]
+
+
+async def test_a_failed_read_is_retried() -> None:
+    failures = [RuntimeError("database down")]
+
+    async def source(room_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if failures:
+            raise failures.pop()
+        return {room_id: {"message_count": 7} for room_id in room_ids}
+
+    sent: list[str] = []
+
+    async def sink(room_id: str, stats: dict[str, Any]) -> None:
+        sent.append(room_id)
+
+    clock = FakeClock()
+    coalescer = RoomStatsCoalescer(MemoryGate(clock), source, interval_s=1.0)
+    coalescer.touch("room")
+    await coalescer.flush(sink)
+    assert sent == []
+    clock.advance(1.1)
+    await coalescer.flush(sink)
+    assert sent == ["room"]
