@@ -43,7 +43,9 @@ async def test_a_page_of_a_public_room_is_one_statement(node, connect):
 
 async def test_numbered_pages_walk_like_the_cursors_with_deleted_and_blocked_messages(node, connect):
     room = unique()
-    alice, carol = await connect("alice"), await connect("carol")
+    # Users of this test only: a block is stored for good and the test database is shared.
+    bob, carol_id, dave = unique("bob"), unique("carol"), unique("dave")
+    alice, carol = await connect("alice"), await connect(carol_id)
     for client in (alice, carol):
         assert (await client.call("join_room", {"room_id": room}))["ok"]
     sent = []
@@ -54,10 +56,10 @@ async def test_numbered_pages_walk_like_the_cursors_with_deleted_and_blocked_mes
     for message in (sent[0], sent[7], sent[8], sent[16], sent[17]):
         status, _ = await rest(node, "DELETE", f"/api/messages/{message['message_id']}", "mod", role="moderator")
         assert status in (200, 204)
-    status, _ = await rest(node, "POST", "/api/users/me/blocks", "bob", json={"user_id": "carol"})
+    status, _ = await rest(node, "POST", "/api/users/me/blocks", bob, json={"user_id": carol_id})
     assert status == 201
 
-    for reader in ("bob", "dave"):
+    for reader in (bob, dave):
         by_pages = []
         for page in range(1, 8):
             status, body = await rest(node, "GET", f"/api/rooms/{room}/messages?page={page}&limit=2", reader)
@@ -75,8 +77,8 @@ async def test_numbered_pages_walk_like_the_cursors_with_deleted_and_blocked_mes
             cursor = f"&before_seq={body['first_seq']}"
         assert by_pages == by_cursor
         deleted = {sent[i]["seq"] for i in (0, 7, 8, 16, 17)}
-        carols = {m["seq"] for m in sent if m["user"]["user_id"] == "carol"}
-        expected = [m["seq"] for m in sent if m["seq"] not in deleted and (reader != "bob" or m["seq"] not in carols)]
+        carols = {m["seq"] for m in sent if m["user"]["user_id"] == carol_id}
+        expected = [m["seq"] for m in sent if m["seq"] not in deleted and (reader != bob or m["seq"] not in carols)]
         assert [m["seq"] for m in by_pages] == expected
 
 
