@@ -20,7 +20,7 @@ from chat_server.storage.reactions import ReactionStore
 from chat_server.storage.rooms import RoomStore
 from tests.conftest import unique
 
-USERS = [Principal(name, name.title()) for name in ("alice", "bob", "carol", "dave", "erin")]
+USERS = [Principal(name, name.title()) for name in ("hp_alice", "hp_bob", "hp_carol", "hp_dave", "hp_erin")]
 
 
 async def offset_page(db: Database, room_id: str, page: int, limit: int, viewer: str | None) -> HistoryPage:
@@ -48,10 +48,10 @@ async def fill(db: Database, room_id: str, n: int, rng: random.Random) -> list[s
     ids = []
     for i in range(n):
         user = rng.choice(USERS)
-        shadow = user.user_id == "carol" and rng.random() < 0.5  # some of carol's messages: shadow-banned
+        shadow = user.user_id == "hp_carol" and rng.random() < 0.5  # some of carol's messages: shadow-banned
         message, _ = await store.insert(NewMessage(
             message_id=uuid.uuid4().hex, room_id=room_id, user=user, content=f"m{i} ünïcode", content_html=f"m{i}",
-            type="text", client_msg_id=None, reply_to=None, mentions=("bob",) if i % 7 == 0 else (),
+            type="text", client_msg_id=None, reply_to=None, mentions=("hp_bob",) if i % 7 == 0 else (),
             metadata={"shadow": True} if shadow else {},
         ))
         ids.append(message.message_id)
@@ -77,11 +77,11 @@ async def busy_room(db: Database) -> str:
     await delete(db, [ids[-1], ids[-2], ids[0], ids[10], ids[11], ids[12], ids[30]])
     reactions = ReactionStore(db)
     for message_id in ids[::5]:
-        await reactions.add(message_id, "alice", "👍")
-        await reactions.add(message_id, "bob", "👍")
-        await reactions.add(message_id, "bob", "party")
-    await block(db, "dave", "bob")
-    await block(db, "dave", "erin")
+        await reactions.add(message_id, "hp_alice", "👍")
+        await reactions.add(message_id, "hp_bob", "👍")
+        await reactions.add(message_id, "hp_bob", "party")
+    await block(db, "hp_dave", "hp_bob")
+    await block(db, "hp_dave", "hp_erin")
     return room_id
 
 
@@ -105,7 +105,7 @@ async def counting_db(database_url: str) -> Any:
     await database.close()
 
 
-@pytest.mark.parametrize("viewer", [None, "alice", "bob", "carol", "dave"])
+@pytest.mark.parametrize("viewer", [None, "hp_alice", "hp_bob", "hp_carol", "hp_dave"])
 @pytest.mark.parametrize("limit", [1, 4, 7, 50])
 async def test_pages_are_the_offset_pages(counting_db, busy_room, viewer, limit):
     db = counting_db
@@ -124,21 +124,21 @@ async def test_past_the_caps_pages_are_read_with_offset(counting_db, busy_room):
     db = counting_db
     # Page 1 would start at 60; 60 and 59 move it to 58, which takes reading 60, 59 and the
     # next hidden seq below (or knowing there is none within reach): a window of three.
-    first = await history.page(db, busy_room, 1, 4, viewer="carol", window=3)
+    first = await history.page(db, busy_room, 1, 4, viewer="hp_carol", window=3)
     assert [m.seq for m in first.messages] == [55, 56, 57, 58] and db.offset_reads == 0
-    assert await history.page(db, busy_room, 1, 4, viewer="carol", window=2) == first
+    assert await history.page(db, busy_room, 1, 4, viewer="hp_carol", window=2) == first
     assert db.offset_reads == 1
     # Page 13 (after 48 visible messages) would start at 12: 60, 59, 31 and 13 lie above
     # (counted), then 12 and 11 move it to 6.
-    deep = await history.page(db, busy_room, 13, 4, viewer="carol", hidden_cap=5, window=1)
+    deep = await history.page(db, busy_room, 13, 4, viewer="hp_carol", hidden_cap=5, window=1)
     assert [m.seq for m in deep.messages] == [3, 4, 5, 6] and db.offset_reads == 1
-    assert await history.page(db, busy_room, 13, 4, viewer="carol", hidden_cap=4) == deep
+    assert await history.page(db, busy_room, 13, 4, viewer="hp_carol", hidden_cap=4) == deep
     assert db.offset_reads == 2
 
 
 @pytest.mark.parametrize(("hidden_cap", "window"), [(0, 1000), (1, 1000), (3, 1000), (1000, 0), (1000, 1), (1000, 3), (2, 2)])
 async def test_small_caps_give_the_same_pages(db, busy_room, hidden_cap, window):
-    for viewer in (None, "carol", "dave"):
+    for viewer in (None, "hp_carol", "hp_dave"):
         for number in range(1, 20):
             expected = await offset_page(db, busy_room, number, 4, viewer)
             got = await history.page(db, busy_room, number, 4, viewer=viewer, hidden_cap=hidden_cap, window=window)
@@ -151,13 +151,13 @@ async def test_a_room_without_hidden_messages_pages_by_seq(db):
     store = MessageStore(db)
     for i in range(25):
         await store.insert(NewMessage(uuid.uuid4().hex, room_id, USERS[0], f"m{i}", f"m{i}", "text", None, None))
-    pages = [await history.page(db, room_id, n, 10, viewer="bob") for n in (1, 2, 3, 4)]
+    pages = [await history.page(db, room_id, n, 10, viewer="hp_bob") for n in (1, 2, 3, 4)]
     assert [[m.seq for m in p.messages] for p in pages] == [list(range(16, 26)), list(range(6, 16)), list(range(1, 6)), []]
     assert [p.has_more for p in pages] == [True, True, False, False]
 
 
 async def test_a_missing_room_has_empty_pages(db):
-    page = await history.page(db, unique("missing"), 1, 10, viewer="bob")
+    page = await history.page(db, unique("missing"), 1, 10, viewer="hp_bob")
     assert page.messages == [] and page.has_more is False
 
 
@@ -170,9 +170,9 @@ async def test_random_rooms_match_the_offset_query(db):
         await RoomStore(db).ensure(room_id, name=room_id, type="public")
         ids = await fill(db, room_id, rng.randrange(1, 45), rng)
         await delete(db, rng.sample(ids, rng.randrange(0, len(ids) + 1)))
-        viewer = rng.choice(["alice", "dave", "frank"])
+        viewer = rng.choice(["hp_alice", "hp_dave", "hp_frank"])
         await db.execute("DELETE FROM blocks WHERE user_id = %s", (viewer,))
-        for blocked in rng.sample(["bob", "carol", "erin"], rng.randrange(0, 3)):
+        for blocked in rng.sample(["hp_bob", "hp_carol", "hp_erin"], rng.randrange(0, 3)):
             await block(db, viewer, blocked)
         limit = rng.choice([1, 2, 3, 5, 8])
         caps: dict[str, int] = rng.choice([{}, {"hidden_cap": 2}, {"window": 2}, {"hidden_cap": 5, "window": 3}])
@@ -194,7 +194,7 @@ async def test_keyset_reads_return_what_they_did(db, busy_room):
                                   ORDER BY m.seq {order} LIMIT %s""", (busy_room, *params, *hidden_params, limit + 1))
         return [message_from_row(r) for r in rows]
 
-    for viewer in (None, "alice", "carol", "dave"):
+    for viewer in (None, "hp_alice", "hp_carol", "hp_dave"):
         for limit in (1, 5, 50):
             rows = await old(viewer, "", (), "DESC", limit)
             assert await history.before(db, busy_room, None, limit, viewer=viewer) == HistoryPage(rows[:limit][::-1], len(rows) > limit)
