@@ -316,6 +316,20 @@ class DirectWebSocket(eio_aiohttp.WebSocket):
 # --- the fan-out ----------------------------------------------------------------------------
 
 
+def missing_source_markers(sources: Any) -> list[str]:
+    """For ``(function or class, markers)`` pairs: each marker no longer in that object's
+    source text (a library internal we rely on has changed), or a source that cannot be read."""
+    problems: list[str] = []
+    for obj, markers in sources:
+        try:
+            source = inspect.getsource(obj)
+        except (OSError, TypeError) as exc:
+            problems.append(f"cannot read the source of {obj.__qualname__} ({exc})")
+            continue
+        problems.extend(f"{obj.__qualname__} no longer contains {marker!r}" for marker in markers if marker not in source)
+    return problems
+
+
 def check_internals() -> list[str]:
     """What is missing from the library internals the fast path relies on (empty: all there)."""
     problems: list[str] = []
@@ -336,13 +350,7 @@ def check_internals() -> list[str]:
                                  "            max_msg_size=self.server.max_http_buffer_size)\n        await self._sock.prepare(request)\n\n"
                                  "        self.environ = environ\n        await self.handler(self)\n        return self._sock")),
     )
-    for obj, markers in sources:
-        try:
-            source = inspect.getsource(obj)
-        except (OSError, TypeError) as exc:
-            problems.append(f"cannot read the source of {obj.__qualname__} ({exc})")
-            continue
-        problems.extend(f"{obj.__qualname__} no longer contains {marker!r}" for marker in markers if marker not in source)
+    problems.extend(missing_source_markers(sources))
     return problems
 
 

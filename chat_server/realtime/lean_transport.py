@@ -61,7 +61,6 @@ takes the stock path and a warning is logged; tests/realtime/test_lean_transport
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections.abc import Iterable
@@ -78,7 +77,7 @@ from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
 
-from .fanout import DirectSocket, DirectWebSocket, FastFanout, ws_frame
+from .fanout import DirectSocket, DirectWebSocket, FastFanout, missing_source_markers, ws_frame
 from .rfc6455 import (
     CLOSE_NORMAL,
     CLOSE_PROTOCOL_ERROR,
@@ -547,13 +546,7 @@ def check_internals() -> list[str]:
         (aiohttp_web_protocol.RequestHandler.finish_response, ("await prepare_meth(request)", "await resp.write_eof()")),
         (aiohttp_base_protocol.BaseProtocol.connection_lost, ("self.transport = None",)),
     )
-    for obj, markers in sources:
-        try:
-            source = inspect.getsource(obj)
-        except (OSError, TypeError) as exc:
-            problems.append(f"cannot read the source of {obj.__qualname__} ({exc})")
-            continue
-        problems.extend(f"{obj.__qualname__} no longer contains {marker!r}" for marker in markers if marker not in source)
+    problems.extend(missing_source_markers(sources))
     for name in ("TRANSPORT_CLOSE", "PING_TIMEOUT"):
         if not hasattr(getattr(eio_server, "reason", None), name):
             problems.append(f"engineio AsyncServer.reason.{name}")
