@@ -272,6 +272,7 @@ class Context:
         self.redis_url = args.redis_url
         self.cores = os.cpu_count() or 1
         self.server_core, self.load_core = ("0", "1") if self.cores >= 2 else ("0", "0")
+        self._pinned_backends: set[int] = set()
         self._pg: Any = None
         self.db_name = "chat_bench"
         self.db_url = with_database(self.admin_url, self.db_name)
@@ -356,7 +357,12 @@ class Context:
 
     def postgres_cpu(self) -> dict[int, float]:
         """CPU seconds of each PostgreSQL backend serving the bench databases (their pids
-        from pg_stat_activity), so other users of the same PostgreSQL do not count."""
+        from pg_stat_activity), so other users of the same PostgreSQL do not count.
+
+        Those backends are also pinned to the load generator's core (once each, at the
+        first sample that sees them): the server's core is the server's alone, as it is for
+        the reference, instead of the scheduler moving a busy backend onto it now and then
+        (each time a stall of several milliseconds in the server's event loop)."""
         import psutil
         import psycopg2
 
@@ -370,6 +376,12 @@ class Context:
                 pids = [r[0] for r in cur.fetchall()]
         except Exception:
             return out
+        if self.load_core != self.server_core:
+            for pid in pids:
+                if pid not in self._pinned_backends:
+                    self._pinned_backends.add(pid)
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(pid, {int(self.load_core)})
         for pid in pids:
             with contextlib.suppress(Exception):
                 t = psutil.Process(pid).cpu_times()

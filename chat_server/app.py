@@ -320,6 +320,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         for task in background:
             with contextlib.suppress(BaseException):
                 await task
+        # Cache reloads started by the last messages: short reads, let them end first.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(rooms.refresher.wait(), bans.refresher.wait()), 2)
         await db.close()
         if redis is not None:
             await redis.aclose()

@@ -21,6 +21,7 @@ Joins always read the database.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 from ..domain import AuditEntry, AuditRecord, Ban, Block, Message, NewBan, Principal, Removed, Report, Room
 from ..errors import Banned, Conflict, Forbidden, MessageRejected, NotFound, ValidationFailed
 from . import content as content_pipeline
+from .cache import DUE, EXPIRED, Freshness, Refresher
 from .messages import MessageService
 from .rooms import RoomService, check_room_id
 
@@ -114,30 +116,36 @@ class ModerationLimits:
 
 class BanCache:
     """Per-node cache: (user, room) → the bans that apply there (room and global), kept
-    for ``ttl_s`` seconds (``clock`` is monotonic).  Expiry of a timeout is checked on
-    read, so an expired timeout needs no invalidation."""
+    for ``ttl_s`` seconds (``clock`` is monotonic) and reloaded in the background ahead of
+    that while it is read (``services.cache``).  Expiry of a timeout is checked on read,
+    so an expired timeout needs no invalidation."""
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic, *, max_users: int = 100_000) -> None:
-        self._ttl = ttl_s
-        self._clock = clock
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic, *, max_users: int = 100_000,
+                 rng: Callable[[], float] = random.random) -> None:
+        self._freshness = Freshness(ttl_s, clock, rng)
         self._max = max_users
-        self._entries: dict[str, dict[str, tuple[float, tuple[Ban, ...]]]] = {}
+        self._entries: dict[str, dict[str, tuple[float, float, tuple[Ban, ...]]]] = {}
         # Bumped by every ``forget``: a database read that started before a ban changed
         # must not put its (stale) answer into the cache after the change was forgotten.
         self.epoch = 0
 
-    def get(self, user_id: str, room_id: str) -> tuple[Ban, ...] | None:
-        entry = self._entries.get(user_id, {}).get(room_id)
-        if entry is None or self._clock() - entry[0] > self._ttl:
-            return None
-        return entry[1]
+    def lookup(self, user_id: str, room_id: str) -> tuple[tuple[Ban, ...] | None, bool]:
+        """The cached bans (None: not cached or expired) and whether they are due a reload."""
+        rooms = self._entries.get(user_id)
+        entry = rooms.get(room_id) if rooms is not None else None
+        if entry is None:
+            return None, False
+        state = self._freshness.state(entry[0], entry[1])
+        if state == EXPIRED:
+            return None, False
+        return entry[2], state == DUE
 
     def put(self, user_id: str, room_id: str, bans: tuple[Ban, ...], *, epoch: int) -> None:
         if epoch != self.epoch:
             return
         if len(self._entries) >= self._max and user_id not in self._entries:
             self._entries.clear()  # crude but bounded; refilled from the database
-        self._entries.setdefault(user_id, {})[room_id] = (self._clock(), bans)
+        self._entries.setdefault(user_id, {})[room_id] = (*self._freshness.stamp(), bans)
 
     def forget(self, user_id: str | None = None) -> None:
         self.epoch += 1
@@ -178,21 +186,28 @@ class BanChecks:
         self._store = store
         self._clock = clock
         self.cache = BanCache(ttl_s, monotonic)
+        self.refresher = Refresher("bans")
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
     async def bans_for(self, user_id: str, room_id: str, *, fresh: bool = False) -> list[Ban]:
         """Active bans of ``user_id`` that apply in ``room_id`` (room and global)."""
-        bans = None if fresh else self.cache.get(user_id, room_id)
+        bans, due = (None, False) if fresh else self.cache.lookup(user_id, room_id)
         if bans is None:
-            epoch = self.cache.epoch
-            bans = tuple(await self._store.active_bans_for(user_id, room_id, self.now()))
-            self.cache.put(user_id, room_id, bans, epoch=epoch)
+            bans = await self._load(user_id, room_id)
+        elif due:
+            self.refresher.start((user_id, room_id), lambda: self._load(user_id, room_id))
         if not bans:
             return []  # the usual answer, without reading the clock
         now = self.now()
         return [b for b in bans if b.active_at(now)]
+
+    async def _load(self, user_id: str, room_id: str) -> tuple[Ban, ...]:
+        epoch = self.cache.epoch
+        bans = tuple(await self._store.active_bans_for(user_id, room_id, self.now()))
+        self.cache.put(user_id, room_id, bans, epoch=epoch)
+        return bans
 
     async def check_join(self, user: Principal, room_id: str) -> None:
         """Raise ``banned`` when a (visible) ban keeps the user out.  A shadow ban lets

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -11,6 +12,7 @@ from typing import Any, Protocol
 
 from ..domain import ROOM_PUBLIC, Membership, Principal, Room
 from ..errors import Forbidden, NotFound, ValidationFailed
+from .cache import DUE, EXPIRED, Freshness, Refresher
 
 ROOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-.:@]{1,128}$")
 
@@ -58,7 +60,8 @@ class MemberView:
 
 class RoomCache:
     """Per-node cache of room rows for the send path (``visible(..., cached=True)``), kept
-    for ``ttl_s`` seconds (``clock`` is monotonic).
+    for ``ttl_s`` seconds (``clock`` is monotonic) and reloaded in the background ahead of
+    that while it is read (``services.cache``).
 
     Every room update drops the room on every node: ``RoomService.update`` forgets it
     locally and announces ``room_updated`` on the bus, whose local delivery on each node
@@ -67,27 +70,35 @@ class RoomCache:
     changes), never a membership or a missing room.  The counters in a cached row
     (``message_count``, ``last_seq``) are stale: callers that show them read fresh."""
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic, *, max_rooms: int = 10_000) -> None:
-        self._ttl = ttl_s
-        self._clock = clock
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic, *, max_rooms: int = 10_000,
+                 rng: Callable[[], float] = random.random) -> None:
+        self._freshness = Freshness(ttl_s, clock, rng)
         self._max = max_rooms
-        self._rooms: dict[str, tuple[float, Room]] = {}
+        self._rooms: dict[str, tuple[float, float, Room]] = {}
         # Bumped by every ``forget``: a read that started before a change must not put its
         # stale answer into the cache after the change was forgotten.
         self.epoch = 0
 
-    def get(self, room_id: str) -> Room | None:
+    def lookup(self, room_id: str) -> tuple[Room | None, bool]:
+        """The cached row (None: not cached or expired) and whether it is due a reload."""
         entry = self._rooms.get(room_id)
-        if entry is None or self._clock() - entry[0] > self._ttl:
-            return None
-        return entry[1]
+        if entry is None:
+            return None, False
+        state = self._freshness.state(entry[0], entry[1])
+        if state == EXPIRED:
+            return None, False
+        return entry[2], state == DUE
 
     def put(self, room: Room, *, epoch: int) -> None:
         if epoch != self.epoch:
             return
         if len(self._rooms) >= self._max and room.id not in self._rooms:
             self._rooms.clear()  # crude but bounded; refilled from the database
-        self._rooms[room.id] = (self._clock(), room)
+        self._rooms[room.id] = (*self._freshness.stamp(), room)
+
+    def drop(self, room_id: str) -> None:
+        """Forget one row that is gone (no invalidation: reads under way stay cacheable)."""
+        self._rooms.pop(room_id, None)
 
     def forget(self, room_id: str | None = None) -> None:
         self.epoch += 1
@@ -108,6 +119,7 @@ class RoomService:
                  cache: RoomCache | None = None) -> None:
         self._events = events
         self._cache = cache
+        self.refresher = Refresher("room")
         self._rooms = rooms
         self._presence = presence
         self._policy = policy
@@ -130,12 +142,20 @@ class RoomService:
         cache = self._cache
         if not cached or cache is None:
             return await self._rooms.get(room_id)
-        room = cache.get(room_id)
+        room, due = cache.lookup(room_id)
         if room is None:
-            epoch = cache.epoch
-            room = await self._rooms.get(room_id)
-            if room is not None:
-                cache.put(room, epoch=epoch)
+            room = await self._load(cache, room_id)
+        elif due:
+            self.refresher.start(room_id, lambda: self._load(cache, room_id))
+        return room
+
+    async def _load(self, cache: RoomCache, room_id: str) -> Room | None:
+        epoch = cache.epoch
+        room = await self._rooms.get(room_id)
+        if room is None:
+            cache.drop(room_id)
+        else:
+            cache.put(room, epoch=epoch)
         return room
 
     async def visible(self, user: Principal, room_id: str, *, cached: bool = False) -> Room:

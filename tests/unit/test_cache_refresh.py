@@ -1,0 +1,173 @@
+"""Refresh-ahead of the send path's read caches (services/cache.py): room rows
+(``RoomService`` + ``RoomCache``) and ban state (``BanChecks``), with fake stores and a
+hand-driven clock.  A read never waits for the database while its entry is younger than
+the TTL; busy entries are reloaded in the background, one reload per key at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from chat_server import errors
+from chat_server.domain import Ban, Room
+from chat_server.services.cache import REFRESH_FROM, REFRESH_TO, Freshness
+from chat_server.services.moderation import BanChecks
+from chat_server.services.rooms import RoomCache, RoomPolicy, RoomService
+
+from .test_message_service import ALICE, FakePresence, FakeRooms
+
+TTL = 10.0
+NOW = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class GatedRooms(FakeRooms):
+    """Counts reads; while ``gate`` is set to an unset Event, reads wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+        self.gate: asyncio.Event | None = None
+        self.fail = False
+
+    async def get(self, room_id: str) -> Room | None:
+        self.gets += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise ConnectionError("database down")
+        return await super().get(room_id)
+
+
+def room_service(repo: GatedRooms, clock: list[float], rng: float = 0.0) -> RoomService:
+    cache = RoomCache(TTL, lambda: clock[0], rng=lambda: rng)
+    return RoomService(repo, FakePresence(), RoomPolicy(), cache=cache)
+
+
+def test_entries_are_due_for_a_reload_between_half_and_four_fifths_of_the_ttl():
+    clock = [100.0]
+    for rng in (0.0, 0.5, 0.999999):
+        refresh_at, expires_at = Freshness(TTL, lambda: clock[0], lambda r=rng: r).stamp()
+        assert 100 + REFRESH_FROM * TTL <= refresh_at < 100 + REFRESH_TO * TTL
+        assert expires_at == 100 + TTL
+    early, late = (Freshness(TTL, lambda: clock[0], lambda r=r: r).stamp()[0] for r in (0.0, 0.999))
+    assert late - early > 0.29 * TTL  # entries loaded together are reloaded apart
+
+
+async def test_a_busy_room_is_reloaded_in_the_background_and_no_read_waits():
+    clock = [0.0]
+    repo = GatedRooms()
+    repo.add("lobby")
+    service = room_service(repo, clock)
+    await service.visible(ALICE, "lobby", cached=True)
+    assert repo.gets == 1
+
+    clock[0] = 4.9  # before refresh_at (rng 0: half the TTL)
+    await service.visible(ALICE, "lobby", cached=True)
+    assert repo.gets == 1
+
+    repo.rooms["lobby"] = replace(repo.rooms["lobby"], settings={"slow_mode_seconds": 3})  # lost invalidation
+    repo.gate = asyncio.Event()  # the reload will hang until released
+    clock[0] = 5.1
+    for _ in range(3):  # each read answers at once, from the cache, while one reload runs
+        room = await asyncio.wait_for(service.visible(ALICE, "lobby", cached=True), 1)
+        assert room.settings == {}
+    await asyncio.sleep(0)
+    assert repo.gets == 2 and service.refresher.running == 1
+    repo.gate.set()
+    await service.refresher.wait()
+    assert (await service.visible(ALICE, "lobby", cached=True)).settings == {"slow_mode_seconds": 3}
+    assert repo.gets == 2
+
+
+async def test_an_entry_nobody_read_for_a_whole_ttl_is_read_again_before_it_is_served():
+    clock = [0.0]
+    repo = GatedRooms()
+    repo.add("lobby")
+    service = room_service(repo, clock)
+    await service.visible(ALICE, "lobby", cached=True)
+    repo.rooms["lobby"] = replace(repo.rooms["lobby"], settings={"emoji_only": True})
+    clock[0] = TTL + 0.01
+    assert (await service.visible(ALICE, "lobby", cached=True)).settings == {"emoji_only": True}
+    assert repo.gets == 2 and service.refresher.running == 0
+
+
+async def test_a_reload_that_started_before_an_invalidation_is_not_cached():
+    clock = [0.0]
+    repo = GatedRooms()
+    repo.add("lobby")
+    service = room_service(repo, clock)
+    await service.visible(ALICE, "lobby", cached=True)
+    repo.gate = asyncio.Event()
+    clock[0] = 6.0
+    await service.visible(ALICE, "lobby", cached=True)  # starts the reload, which reads the old row
+    await asyncio.sleep(0)
+    service.forget("lobby")  # the room changed meanwhile
+    repo.rooms["lobby"] = replace(repo.rooms["lobby"], settings={"emoji_only": True})
+    repo.gate.set()
+    await service.refresher.wait()
+    repo.gate = None
+    assert (await service.visible(ALICE, "lobby", cached=True)).settings == {"emoji_only": True}
+
+
+async def test_a_failed_reload_keeps_serving_the_entry_until_it_expires():
+    clock = [0.0]
+    repo = GatedRooms()
+    repo.add("lobby")
+    service = room_service(repo, clock)
+    await service.visible(ALICE, "lobby", cached=True)
+    repo.fail = True
+    clock[0] = 6.0
+    assert (await service.visible(ALICE, "lobby", cached=True)).id == "lobby"
+    await service.refresher.wait()
+    assert (await service.visible(ALICE, "lobby", cached=True)).id == "lobby"  # another reload, still served
+    await service.refresher.wait()
+    clock[0] = TTL + 1  # expired: the read itself goes to the database, and its error is the caller's
+    with pytest.raises(ConnectionError):
+        await service.visible(ALICE, "lobby", cached=True)
+
+
+async def test_a_room_deleted_meanwhile_is_dropped_by_its_reload():
+    clock = [0.0]
+    repo = GatedRooms()
+    repo.add("lobby")
+    service = room_service(repo, clock)
+    await service.visible(ALICE, "lobby", cached=True)
+    del repo.rooms["lobby"]
+    clock[0] = 6.0
+    await service.visible(ALICE, "lobby", cached=True)
+    await service.refresher.wait()
+    with pytest.raises(errors.NotFound):
+        await service.visible(ALICE, "lobby", cached=True)
+
+
+class FakeBans:
+    def __init__(self) -> None:
+        self.bans: list[Ban] = []
+        self.reads = 0
+
+    async def active_bans_for(self, user_id: str, room_id: str | None, now: datetime) -> list[Ban]:
+        self.reads += 1
+        await asyncio.sleep(0)
+        return [b for b in self.bans if b.user_id == user_id and b.room_id in (room_id, None)]
+
+
+async def test_ban_state_of_a_busy_sender_is_reloaded_in_the_background():
+    """A ban whose invalidation was lost still applies within the TTL, and the sender's
+    messages never wait for the reload that finds it."""
+    store = FakeBans()
+    mono = [0.0]
+    checks = BanChecks(store, clock=lambda: NOW.timestamp(), monotonic=lambda: mono[0], ttl_s=TTL)
+    checks.cache._freshness = Freshness(TTL, lambda: mono[0], lambda: 0.0)
+    assert await checks.check_post(ALICE, "r1") is False
+    store.bans.append(Ban(1, "r1", "alice", None, False, "mod", NOW))  # no forget(): the bus lost it
+    mono[0] = 5.5
+    assert await checks.check_post(ALICE, "r1") is False  # served from the cache; a reload starts
+    assert await checks.check_post(ALICE, "r1") is False  # one reload per key, not one per message
+    await checks.refresher.wait()
+    assert store.reads == 2
+    with pytest.raises(errors.Banned):
+        await checks.check_post(ALICE, "r1")
+
