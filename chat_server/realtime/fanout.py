@@ -8,12 +8,15 @@ once (an unmasked server frame: header + payload), and the same bytes are writte
 ``transport.write`` to every recipient whose WebSocket is ready for it: no task, queue or
 encode per recipient.
 
-Write batching.  Most of a delivery's CPU is the send system call, not the bytes.  On a busy
-node (last broadcast write less than ``write_delay_s`` ago) broadcast frames wait until a
-socket has ``write_batch`` of them or the first has waited ``write_delay_s``, then go out in
-one write per socket; a quiet node writes at the end of the event-loop iteration.  Single
-packets (acks, CONNECT, pings, emits to one socket) never wait: they are written at the end
-of the iteration together with whatever that socket has waiting, in order.
+Write batching.  Most of a delivery's CPU is the send system call, not the bytes.  A busy
+room's broadcast (the room's broadcasts come less than ``write_delay_s`` apart on average,
+so its members are about to get more) waits until a socket has ``write_batch`` frames or the first
+has waited ``write_delay_s``, then goes out in one write per socket.  A broadcast to a quiet
+room is written at the end of the event-loop iteration: batching it would save nothing (its
+members get no other frame in the meantime) and cost it the delay, however busy the rest of
+the node is.  Single packets (acks, CONNECT, pings, emits to one socket) never wait: they
+are written at the end of the iteration together with whatever that socket has waiting, in
+order.
 
 Order.  A socket's packets must never overtake each other (acks, emits to one sid or user,
 broadcasts).  So once a socket's WebSocket is ready, *every* packet of that socket is
@@ -63,7 +66,6 @@ import asyncio
 import inspect
 import json as std_json
 import logging
-import math
 import struct
 import time
 from dataclasses import dataclass
@@ -366,6 +368,17 @@ def _unverified_versions() -> list[str]:
     return found
 
 
+#: How a room's broadcast rate is followed (``FastFanout._room_busy``): the weight of each new
+#: gap in the moving average, the gap (in write delays) a new room starts from, and the
+#: longest gap counted (a pause of minutes must not take minutes of traffic to forget).
+#: A new room at 50 broadcasts/s (with the default 50 ms delay) is busy from its fifth
+#: broadcast; one with pairs of messages a moment apart, five a second, never is (its mean
+#: gap is 200 ms).
+GAP_WEIGHT = 0.25
+QUIET_GAPS = 2.0
+LONGEST_GAP = 20.0
+
+
 class FastFanout:
     """Installed on one ``socketio.AsyncServer``; ``LocalDeliveryHook.emit`` calls ``emit``."""
 
@@ -385,7 +398,8 @@ class FastFanout:
         self.write_batch = write_batch
         self._flush_handle: asyncio.Handle | None = None
         self._flush_timed = False  # the pending flush waits for the write delay
-        self._last_flush = -math.inf  # loop time of the last broadcast flush
+        # room -> (loop time of its last broadcast here, moving average of the time between them)
+        self._room_rate: dict[Any, tuple[float, float]] = {}
         self._urgent: list[DirectWebSocket] = []  # sockets with a single packet pending
         self._urgent_scheduled = False
 
@@ -404,27 +418,50 @@ class FastFanout:
         self._write_out(urgent)
 
     def _schedule_flush(self, full: bool) -> None:
-        """When the broadcast frames pending now go out.  A node whose last broadcast flush is
-        at least the write delay ago writes at the end of this iteration (a quiet room gets
-        its events at once); otherwise the frames wait until a socket has ``write_batch`` of
-        them (``full``) or the first of them has waited the write delay, whichever is first."""
+        """When a busy room's frames pending now go out: once a socket has ``write_batch`` of
+        them (``full``: at the end of this iteration) or the first of them has waited the
+        write delay, whichever is first."""
         handle = self._flush_handle
         if handle is not None and not (full and self._flush_timed):
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if full or now - self._last_flush >= self.write_delay_s:
+        if full:
             if handle is not None:
                 handle.cancel()
             self._flush_handle = loop.call_soon(self._flush)
             self._flush_timed = False
         else:
-            self._flush_handle = loop.call_at(now + self.write_delay_s, self._flush)
+            self._flush_handle = loop.call_at(loop.time() + self.write_delay_s, self._flush)
             self._flush_timed = True
+
+    def _room_busy(self, namespace: str, room: Any) -> bool:
+        """Whether ``room`` broadcasts often enough that its members will get another frame
+        within the write delay (and notes this broadcast).  The measure is a moving average
+        of the time between the room's broadcasts from this node: below the delay, a frame
+        that waits is likely to share its write.  Two messages a moment apart in a room that
+        is otherwise quiet do not make it busy (the second would wait for nothing)."""
+        delay = self.write_delay_s
+        if delay <= 0:
+            return False
+        try:
+            key = (namespace, room)
+            hash(key)
+        except TypeError:  # a list of rooms
+            key = (namespace, tuple(room))
+        now = asyncio.get_running_loop().time()
+        rooms = self._room_rate
+        entry = rooms.get(key)
+        if entry is None:
+            gap = QUIET_GAPS * delay  # a room starts as quiet
+        else:
+            gap = entry[1] + GAP_WEIGHT * (min(now - entry[0], LONGEST_GAP * delay) - entry[1])
+        rooms[key] = (now, gap)
+        if len(rooms) > 4096:  # forget the rooms that are quiet by now
+            self._room_rate = {k: v for k, v in rooms.items() if now - v[0] < LONGEST_GAP * delay}
+        return gap < delay
 
     def _flush(self) -> None:
         self._flush_handle = None
-        self._last_flush = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, []
         self._write_out(dirty)
 
@@ -499,6 +536,7 @@ class FastFanout:
             skip = set(skip_sid)
         else:
             skip = {skip_sid}
+        busy = self._room_busy(namespace, room)
         eio = self.sio.eio
         sockets = eio.sockets
         now = time.time()
@@ -506,6 +544,7 @@ class FastFanout:
         queued: list[str] | None = None
         direct = 0
         dirty = self._dirty
+        urgent = self._urgent
         batch = self.write_batch
         full = False
         for sid, eio_sid in manager.get_participants(namespace, room):
@@ -518,21 +557,30 @@ class FastFanout:
             if ws is not None and not socket.closed:
                 last_ping = socket.last_ping
                 if not last_ping or now - last_ping <= ping_timeout:
-                    # ws.write_frame(frame), inlined: this loop runs once per recipient
+                    # ws.write_frame(frame) (quiet room) or the batched write, inlined: this
+                    # loop runs once per recipient
                     pending = ws._pending
                     pending.append(frame)
-                    n = len(pending)
-                    if n == 1:
-                        dirty.append(ws)
-                    elif n >= batch:
-                        full = True
+                    if busy:
+                        n = len(pending)
+                        if n == 1:
+                            dirty.append(ws)
+                        elif n >= batch:
+                            full = True
+                    elif not ws._urgent:
+                        ws._urgent = True
+                        urgent.append(ws)
                     direct += 1
                     continue
             if queued is None:
                 queued = []
             queued.append(eio_sid)
-        if dirty:
-            self._schedule_flush(full or batch <= 1)
+        if busy:
+            if dirty:
+                self._schedule_flush(full or batch <= 1)
+        elif urgent and not self._urgent_scheduled:
+            self._urgent_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_urgent)
         stats = self.stats
         stats.broadcasts += 1
         stats.direct_deliveries += direct

@@ -269,8 +269,8 @@ async def test_acks_direct_emits_and_broadcasts_keep_their_order(start_node, fas
 
 async def test_busy_broadcasts_wait_for_the_write_delay_but_acks_and_quiet_rooms_do_not(start_node):
     # docs/protocol.md §6 "Performance": broadcast frames may wait up to FANOUT_WRITE_DELAY_MS
-    # for more (until a socket has FANOUT_WRITE_BATCH of them); a node that has not written a
-    # broadcast for that long writes at once, and acks never wait.  A long delay makes the
+    # for more (until a socket has FANOUT_WRITE_BATCH of them) once their room is busy; a
+    # room's first broadcast after a quiet spell goes out at once, and acks never wait.  A long delay makes the
     # cases tell apart by timing; room_stats is slowed down so that only the test broadcasts.
     delay = 1.0
     node = await start_node(fanout_write_delay_s=delay, fanout_write_batch=3, room_stats_interval_s=60)
@@ -298,20 +298,56 @@ async def test_busy_broadcasts_wait_for_the_write_delay_but_acks_and_quiet_rooms
         assert (await alice.call("join_room", {"room_id": room}, 1))["ok"]
         assert (await bob.call("join_room", {"room_id": room}, 2))["ok"]
         await asyncio.sleep(delay + 0.2)
-        sent = await broadcast(1)  # quiet node: at once
-        assert await bob_gets(1) - sent < delay / 2
-        sent = await broadcast(2)  # right after a write: waits for more
-        assert await bob_gets(2) - sent >= delay * 0.7
-        sent = await broadcast(3, 4, 5)  # a full batch: at once
-        assert await bob_gets(3, 4, 5) - sent < delay / 2
-        sent = await broadcast(6)  # waits again, but an ack (to alice, who has it pending too) does not
+        sent = await broadcast(1, 2, 3)  # a quiet room: at once, even a few in a row
+        assert await bob_gets(1, 2, 3) - sent < delay / 2
+        sent = await broadcast(4)  # the room is busy now (broadcasts well under the delay apart): waits for more
+        assert await bob_gets(4) - sent >= delay * 0.7
+        sent = await broadcast(5, 6, 7)  # a full batch: at once
+        assert await bob_gets(5, 6, 7) - sent < delay / 2
+        sent = await broadcast(8)  # waits again, but an ack (to alice, who has it pending too) does not
         asked = loop.time()
         assert (await alice.call("join_room", {"room_id": room}, 3))["ok"]
         assert loop.time() - asked < delay / 2
-        assert await bob_gets(6) - sent >= delay * 0.7
+        assert await bob_gets(8) - sent >= delay * 0.7
         # alice got the waiting broadcast with her ack, before it: order holds
         probes = [parse(p)[2]["n"] for p in alice.packets if parse(p)[1] == "probe"]
-        assert probes == [1, 2, 3, 4, 5, 6]
+        assert probes == [1, 2, 3, 4, 5, 6, 7, 8]
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_a_quiet_room_is_not_held_up_by_a_busy_one(start_node):
+    # Batching is per room: a room whose broadcasts are not under the write delay apart gets
+    # its events at once however busy the node's other rooms are (many small rooms of a few
+    # messages a second each would otherwise all wait the delay, for nothing).
+    delay = 1.0
+    node = await start_node(fanout_write_delay_s=delay, fanout_write_batch=3, room_stats_interval_s=60)
+    sio = node.components.sio
+    busy, quiet = unique(), unique()
+    alice = await RawClient(node.url).connect("alice")  # in the busy room
+    bob = await RawClient(node.url).connect("bob")  # in the quiet room
+    loop = asyncio.get_running_loop()
+
+    async def gets(client: RawClient, n: int) -> float:
+        while True:
+            kind, name, data = parse(await client.next(timeout=5))
+            if kind == "event" and name == "probe" and data["n"] == n:
+                return loop.time()
+
+    try:
+        assert (await alice.call("join_room", {"room_id": busy}, 1))["ok"]
+        assert (await bob.call("join_room", {"room_id": quiet}, 2))["ok"]
+        await asyncio.sleep(delay + 0.2)
+        for n in (1, 2, 3):
+            await sio.emit("probe", {"n": n}, to=room_channel(busy))
+        await gets(alice, 3)
+        sent_busy = loop.time()
+        await sio.emit("probe", {"n": 4}, to=room_channel(busy))  # the busy room's next: waits
+        sent_quiet = loop.time()
+        await sio.emit("probe", {"n": 5}, to=room_channel(quiet))  # meanwhile, the quiet room's first
+        assert await gets(bob, 5) - sent_quiet < delay / 2
+        assert await gets(alice, 4) - sent_busy >= delay * 0.7
     finally:
         await alice.close()
         await bob.close()
