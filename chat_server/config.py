@@ -192,9 +192,9 @@ class Settings:
     # straight to each WebSocket; a client with more unsent bytes than this is dropped.
     fast_fanout: bool = True
     slow_client_buffer_bytes: int = 1024 * 1024
-    # Broadcast frames to a WebSocket may wait up to this long for more, until a socket has
-    # fanout_write_batch of them (several events per send system call); a node that flushed
-    # longer ago than the delay writes at once.
+    # Broadcast frames of a busy room to a WebSocket may wait up to this long for more, until
+    # a socket has fanout_write_batch of them (several events per send system call); other
+    # rooms' broadcasts are written at once (realtime/fanout.py).
     fanout_write_delay_s: float = 0.05
     fanout_write_batch: int = 3
     # Socket.IO clients opening a WebSocket directly are served on the raw connection
