@@ -171,9 +171,9 @@ def _stored(new: NewMessage, seq: int, created_at: Any) -> Message:
     })
 
 
-def _batch_row(i: int, new: NewMessage) -> dict[str, Any]:
+def _row_values(new: NewMessage) -> dict[str, Any]:
+    """The stored columns of ``new`` (both insert paths; ``metadata`` as a plain dict)."""
     return {
-        "i": i,
         "message_id": new.message_id,
         "room_id": new.room_id,
         "user_id": new.user.user_id,
@@ -187,6 +187,12 @@ def _batch_row(i: int, new: NewMessage) -> dict[str, Any]:
         "reply_to": new.reply_to,
         "client_msg_id": new.client_msg_id,
     }
+
+
+def _batch_row(i: int, new: NewMessage) -> dict[str, Any]:
+    row = _row_values(new)
+    row["i"] = i  # the position in the batch (jsonb_to_recordset reads columns by name)
+    return row
 
 
 InsertResult = tuple[Message, bool]
@@ -329,20 +335,8 @@ class MessageStore:
             existing = await self.by_client_msg_id(new.room_id, new.user.user_id, new.client_msg_id)
             if existing is not None:
                 return existing, False
-        params = {
-            "message_id": new.message_id,
-            "room_id": new.room_id,
-            "user_id": new.user.user_id,
-            "username": new.user.username,
-            "avatar": new.user.avatar,
-            "type": new.type,
-            "content": new.content,
-            "content_html": new.content_html,
-            "metadata": Json(dict(new.metadata)),
-            "mentions": list(new.mentions),
-            "reply_to": new.reply_to,
-            "client_msg_id": new.client_msg_id,
-        }
+        params = _row_values(new)
+        params["metadata"] = Json(params["metadata"])
         try:
             row = await self._db.fetchrow(_INSERT, params)
         except UniqueViolation:
