@@ -42,11 +42,13 @@ class Sender:
 
 
 async def _move_and_catch_up(sender: Sender, url: str, user: str, room: str) -> dict[str, Any]:
-    """Reconnect elsewhere, resend the unacknowledged, catch up with since_seq."""
+    """Reconnect elsewhere, resend the unacknowledged, catch up with since_seq from the
+    first seq not seen (across nodes messages may arrive out of seq order, so a node that
+    dies can leave a gap below the newest message a client saw)."""
     client = await ChatClient(url, make_token(user)).connect()
-    last_seen = max((m["seq"] for m in sender.client.events["new_message"]), default=0)
     seen = {m["message_id"]: m for m in sender.client.events["new_message"]}
-    since = last_seen
+    seen_seqs = {m["seq"] for m in seen.values()}
+    since = next(s for s in range(1, max(seen_seqs, default=0) + 2) if s not in seen_seqs) - 1
     while True:
         ack = await client.call("join_room", {"room_id": room, "since_seq": since})
         assert ack["ok"], ack
