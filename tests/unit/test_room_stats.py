@@ -58,3 +58,33 @@ async def test_a_failed_read_is_retried() -> None:
     clock.advance(1.1)
     await coalescer.flush(sink)
     assert sent == ["room"]
+
+
+async def test_many_rooms_due_together_are_spread_over_the_ticks_of_an_interval() -> None:
+    """250 rooms that became busy together are not all announced in one tick (a stall of
+    the event loop every interval): each tick takes about a quarter, each room still once."""
+    from chat_server.realtime import room_stats
+
+    calls: list[int] = []
+
+    async def source(room_ids: list[str]) -> dict[str, dict[str, Any]]:
+        calls.append(len(room_ids))
+        return {room_id: {"message_count": 1} for room_id in room_ids}
+
+    sent: list[str] = []
+
+    async def sink(room_id: str, stats: dict[str, Any]) -> None:
+        sent.append(room_id)
+
+    clock = FakeClock()
+    coalescer = RoomStatsCoalescer(MemoryGate(clock), source, interval_s=1.0)
+    rooms = [f"r{i}" for i in range(250)]
+    for room_id in rooms:
+        coalescer.touch(room_id)
+    for _ in range(room_stats.TICKS_PER_INTERVAL + 1):
+        await coalescer.flush(sink)
+        clock.advance(0.25)
+        for room_id in rooms:  # still busy: touched again between ticks
+            coalescer.touch(room_id)
+    assert max(calls[:4]) <= 63 and sum(calls[:4]) == 250
+    assert sorted(sent[:250]) == sorted(rooms)  # each room once in the interval
