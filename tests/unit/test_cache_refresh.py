@@ -171,3 +171,32 @@ async def test_ban_state_of_a_busy_sender_is_reloaded_in_the_background():
     with pytest.raises(errors.Banned):
         await checks.check_post(ALICE, "r1")
 
+
+
+async def test_reloads_due_together_run_a_few_at_a_time():
+    """After a pause every busy entry is due at once: the reloads queue behind a bound
+    instead of taking the whole database pool, and each key is reloaded once."""
+    from chat_server.services.cache import Refresher
+
+    refresher = Refresher("test", max_running=2)
+    gate = asyncio.Event()
+    running = 0
+    most = 0
+    done: list[int] = []
+
+    async def reload(key: int) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await gate.wait()
+        running -= 1
+        done.append(key)
+
+    for key in range(10):
+        refresher.start(key, lambda key=key: reload(key))
+        refresher.start(key, lambda key=key: reload(key))  # asked twice: still once
+    await asyncio.sleep(0)
+    assert refresher.running == 2 and refresher.waiting == 8
+    gate.set()
+    await refresher.wait()
+    assert most == 2 and sorted(done) == list(range(10)) and refresher.waiting == 0
