@@ -24,6 +24,9 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from typing import TypeVar
+
+V = TypeVar("V")
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,20 @@ class Freshness:
         if now < refresh_at:
             return FRESH
         return DUE if now < expires_at else EXPIRED
+
+    def entry(self, value: V) -> tuple[float, float, V]:
+        """A cache entry for ``value`` loaded now: ``(refresh_at, expires_at, value)``."""
+        return (*self.stamp(), value)
+
+    def read(self, entry: tuple[float, float, V] | None) -> tuple[V | None, bool]:
+        """What a read of ``entry`` (None: not cached) gives: the value (None when missing
+        or expired) and whether it is due a reload."""
+        if entry is None:
+            return None, False
+        state = self.state(entry[0], entry[1])
+        if state == EXPIRED:
+            return None, False
+        return entry[2], state == DUE
 
 
 class Refresher:

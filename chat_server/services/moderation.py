@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from ..domain import AuditEntry, AuditRecord, Ban, Block, Message, NewBan, Principal, Removed, Report, Room
 from ..errors import Banned, Conflict, Forbidden, MessageRejected, NotFound, ValidationFailed
 from . import content as content_pipeline
-from .cache import DUE, EXPIRED, Freshness, Refresher
+from .cache import Freshness, Refresher
 from .messages import MessageService
 from .rooms import RoomService, check_room_id
 
@@ -132,20 +132,14 @@ class BanCache:
     def lookup(self, user_id: str, room_id: str) -> tuple[tuple[Ban, ...] | None, bool]:
         """The cached bans (None: not cached or expired) and whether they are due a reload."""
         rooms = self._entries.get(user_id)
-        entry = rooms.get(room_id) if rooms is not None else None
-        if entry is None:
-            return None, False
-        state = self._freshness.state(entry[0], entry[1])
-        if state == EXPIRED:
-            return None, False
-        return entry[2], state == DUE
+        return self._freshness.read(rooms.get(room_id) if rooms is not None else None)
 
     def put(self, user_id: str, room_id: str, bans: tuple[Ban, ...], *, epoch: int) -> None:
         if epoch != self.epoch:
             return
         if len(self._entries) >= self._max and user_id not in self._entries:
             self._entries.clear()  # crude but bounded; refilled from the database
-        self._entries.setdefault(user_id, {})[room_id] = (*self._freshness.stamp(), bans)
+        self._entries.setdefault(user_id, {})[room_id] = self._freshness.entry(bans)
 
     def forget(self, user_id: str | None = None) -> None:
         self.epoch += 1

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from ..domain import ROOM_PUBLIC, Membership, Principal, Room
 from ..errors import Forbidden, NotFound, ValidationFailed
-from .cache import DUE, EXPIRED, Freshness, Refresher
+from .cache import Freshness, Refresher
 
 ROOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-.:@]{1,128}$")
 
@@ -81,20 +81,14 @@ class RoomCache:
 
     def lookup(self, room_id: str) -> tuple[Room | None, bool]:
         """The cached row (None: not cached or expired) and whether it is due a reload."""
-        entry = self._rooms.get(room_id)
-        if entry is None:
-            return None, False
-        state = self._freshness.state(entry[0], entry[1])
-        if state == EXPIRED:
-            return None, False
-        return entry[2], state == DUE
+        return self._freshness.read(self._rooms.get(room_id))
 
     def put(self, room: Room, *, epoch: int) -> None:
         if epoch != self.epoch:
             return
         if len(self._rooms) >= self._max and room.id not in self._rooms:
             self._rooms.clear()  # crude but bounded; refilled from the database
-        self._rooms[room.id] = (*self._freshness.stamp(), room)
+        self._rooms[room.id] = self._freshness.entry(room)
 
     def drop(self, room_id: str) -> None:
         """Forget one row that is gone (no invalidation: reads under way stay cacheable)."""
