@@ -723,6 +723,8 @@ def offset_reference(url: str, p: dict[str, Any], limit: int, positions: dict[st
     out: dict[str, Any] = {}
     try:
         with conn.cursor() as cur:
+            cur.execute("SELECT m.* FROM messages m LIMIT 0")
+            seq_at = [d.name for d in cur.description].index("seq")
             for name, make in positions.items():
                 lat: list[float] = []
                 bad = 0
@@ -738,7 +740,6 @@ def offset_reference(url: str, p: dict[str, Any], limit: int, positions: dict[st
                     if i < 2:
                         continue  # warm-up
                     lat.append(dt)
-                    seq_at = [d.name for d in cur.description].index("seq")
                     if len(got) != limit or got[0][seq_at] != newest:
                         bad += 1
                     if time.monotonic() > t_end:

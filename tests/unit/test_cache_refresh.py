@@ -17,6 +17,7 @@ from chat_server.services.cache import REFRESH_FROM, REFRESH_TO, Freshness
 from chat_server.services.moderation import BanChecks
 from chat_server.services.rooms import RoomCache, RoomPolicy, RoomService
 
+from .test_ban_checks import FakeBans
 from .test_message_service import ALICE, FakePresence, FakeRooms
 
 TTL = 10.0
@@ -41,9 +42,15 @@ class GatedRooms(FakeRooms):
         return await super().get(room_id)
 
 
-def room_service(repo: GatedRooms, clock: list[float], rng: float = 0.0) -> RoomService:
-    cache = RoomCache(TTL, lambda: clock[0], rng=lambda: rng)
-    return RoomService(repo, FakePresence(), RoomPolicy(), cache=cache)
+async def cached_lobby() -> tuple[list[float], GatedRooms, RoomService]:
+    """A room service whose cache holds "lobby", read at time 0 (a hand-driven clock; the
+    entry is due a reload at half the TTL, rng 0)."""
+    clock = [0.0]
+    repo = GatedRooms()
+    repo.add("lobby")
+    service = RoomService(repo, FakePresence(), RoomPolicy(), cache=RoomCache(TTL, lambda: clock[0], rng=lambda: 0.0))
+    await service.visible(ALICE, "lobby", cached=True)
+    return clock, repo, service
 
 
 def test_entries_are_due_for_a_reload_between_half_and_four_fifths_of_the_ttl():
@@ -57,11 +64,7 @@ def test_entries_are_due_for_a_reload_between_half_and_four_fifths_of_the_ttl():
 
 
 async def test_a_busy_room_is_reloaded_in_the_background_and_no_read_waits():
-    clock = [0.0]
-    repo = GatedRooms()
-    repo.add("lobby")
-    service = room_service(repo, clock)
-    await service.visible(ALICE, "lobby", cached=True)
+    clock, repo, service = await cached_lobby()
     assert repo.gets == 1
 
     clock[0] = 4.9  # before refresh_at (rng 0: half the TTL)
@@ -83,11 +86,7 @@ async def test_a_busy_room_is_reloaded_in_the_background_and_no_read_waits():
 
 
 async def test_an_entry_nobody_read_for_a_whole_ttl_is_read_again_before_it_is_served():
-    clock = [0.0]
-    repo = GatedRooms()
-    repo.add("lobby")
-    service = room_service(repo, clock)
-    await service.visible(ALICE, "lobby", cached=True)
+    clock, repo, service = await cached_lobby()
     repo.rooms["lobby"] = replace(repo.rooms["lobby"], settings={"emoji_only": True})
     clock[0] = TTL + 0.01
     assert (await service.visible(ALICE, "lobby", cached=True)).settings == {"emoji_only": True}
@@ -95,11 +94,7 @@ async def test_an_entry_nobody_read_for_a_whole_ttl_is_read_again_before_it_is_s
 
 
 async def test_a_reload_that_started_before_an_invalidation_is_not_cached():
-    clock = [0.0]
-    repo = GatedRooms()
-    repo.add("lobby")
-    service = room_service(repo, clock)
-    await service.visible(ALICE, "lobby", cached=True)
+    clock, repo, service = await cached_lobby()
     repo.gate = asyncio.Event()
     clock[0] = 6.0
     await service.visible(ALICE, "lobby", cached=True)  # starts the reload, which reads the old row
@@ -113,11 +108,7 @@ async def test_a_reload_that_started_before_an_invalidation_is_not_cached():
 
 
 async def test_a_failed_reload_keeps_serving_the_entry_until_it_expires():
-    clock = [0.0]
-    repo = GatedRooms()
-    repo.add("lobby")
-    service = room_service(repo, clock)
-    await service.visible(ALICE, "lobby", cached=True)
+    clock, repo, service = await cached_lobby()
     repo.fail = True
     clock[0] = 6.0
     assert (await service.visible(ALICE, "lobby", cached=True)).id == "lobby"
@@ -130,28 +121,13 @@ async def test_a_failed_reload_keeps_serving_the_entry_until_it_expires():
 
 
 async def test_a_room_deleted_meanwhile_is_dropped_by_its_reload():
-    clock = [0.0]
-    repo = GatedRooms()
-    repo.add("lobby")
-    service = room_service(repo, clock)
-    await service.visible(ALICE, "lobby", cached=True)
+    clock, repo, service = await cached_lobby()
     del repo.rooms["lobby"]
     clock[0] = 6.0
     await service.visible(ALICE, "lobby", cached=True)
     await service.refresher.wait()
     with pytest.raises(errors.NotFound):
         await service.visible(ALICE, "lobby", cached=True)
-
-
-class FakeBans:
-    def __init__(self) -> None:
-        self.bans: list[Ban] = []
-        self.reads = 0
-
-    async def active_bans_for(self, user_id: str, room_id: str | None, now: datetime) -> list[Ban]:
-        self.reads += 1
-        await asyncio.sleep(0)
-        return [b for b in self.bans if b.user_id == user_id and b.room_id in (room_id, None)]
 
 
 async def test_ban_state_of_a_busy_sender_is_reloaded_in_the_background():
