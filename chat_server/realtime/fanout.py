@@ -406,6 +406,9 @@ class FastFanout:
     def flush_soon(self, ws: DirectWebSocket) -> None:
         """Write ``ws``'s pending frames at the end of this event-loop iteration."""
         self._urgent.append(ws)
+        self._schedule_urgent()
+
+    def _schedule_urgent(self) -> None:
         if not self._urgent_scheduled:
             self._urgent_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_urgent)
@@ -578,9 +581,8 @@ class FastFanout:
         if busy:
             if dirty:
                 self._schedule_flush(full or batch <= 1)
-        elif urgent and not self._urgent_scheduled:
-            self._urgent_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_urgent)
+        elif urgent:
+            self._schedule_urgent()
         stats = self.stats
         stats.broadcasts += 1
         stats.direct_deliveries += direct
