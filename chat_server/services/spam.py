@@ -10,7 +10,7 @@ Rules (each refusal is ``MessageRejected(reason)`` with ``details.rule``):
 * ``repeated_message`` (reason ``duplicate``): the user already sent ``max_repeats``
   identical or near-identical messages within ``duplicate_window_ms`` (any room).  Texts
   are compared in :func:`normalise`\\ d form (case, white space, punctuation and lookalike
-  letters folded); near-identical means ``difflib`` similarity ≥ ``similarity``.
+  letters folded); near-identical means an Indel similarity (:func:`similar`) ≥ ``similarity``.
 * mention floods stay the one ``MAX_MENTIONS`` rule of ``services.messages`` (reason
   ``spam``, rule ``mentions``); it is not repeated here.
 
@@ -21,17 +21,18 @@ Redis one in ``storage.recent_redis`` (shared by every node).
 from __future__ import annotations
 
 import asyncio
-import difflib
+import math
 import re
 import time
 import unicodedata
-from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Generic, Protocol, TypeVar
 
 from bleach.linkifier import URL_RE
+from rapidfuzz.distance import Indel
 
 from ..errors import MessageRejected
 from .confusables import fold_confusables
@@ -42,12 +43,11 @@ T = TypeVar("T")
 class _TextCache(Generic[T]):
     """``build(text)``, remembered for the last ``size`` texts (the oldest is forgotten).
 
-    The send path computes a few values per message text (normalised form, character
-    counts) that later messages of the same user reuse.  Not ``functools.lru_cache``: it
-    keeps one list per entry, a container the garbage collector tracks, and with
-    thousands of new texts a second those entries (each alive for about a second) were
-    most of what the collector walked, and paused for.  Here the texts and values are
-    strings and plain dicts of ints, which the collector does not track.
+    The send path normalises each message text twice (to check it, then to remember it).
+    Not ``functools.lru_cache``: it keeps one list per entry, a container the garbage
+    collector tracks, and with thousands of new texts a second those entries (each alive
+    for about a second) were most of what the collector walked, and paused for.  Here the
+    texts and values are strings, which the collector does not track.
     """
 
     __slots__ = ("_build", "_size", "_values", "_order")
@@ -113,46 +113,27 @@ def count_links(text: str) -> int:
 
 
 def similar(a: str, b: str, threshold: float) -> bool:
-    """Whether two normalised texts are identical or at least ``threshold`` similar."""
-    return _similar(a, _char_counts(a), b, threshold)
+    """Whether two normalised texts are identical or at least ``threshold`` similar.
 
-
-#: How often each character occurs in a text.  A user's remembered texts are compared
-#: with each of their next messages: counted once.  Read-only (never mutate a cached
-#: dict); a plain dict (untracked by the garbage collector), not the Counter itself.
-_char_counts: Callable[[str], dict[str, int]] = _TextCache(lambda text: dict(Counter(text).items()))
-
-
-def _similar(a: str, a_counts: Mapping[str, int], b: str, threshold: float) -> bool:
-    """``similar`` with ``a``'s character counts computed once for many ``b``."""
+    Similarity is ``2 * LCS / (len(a) + len(b))`` (LCS: the longest common subsequence).
+    It is never below difflib's ``SequenceMatcher.ratio`` (whose matching blocks are one
+    common subsequence), so every pair difflib calls similar still is.  rapidfuzz computes
+    the Indel distance (``len(a) + len(b) - 2 * LCS``) in C and stops once it passes the
+    allowed distance; the bound is integer arithmetic, so a pair exactly at the threshold
+    counts as similar (rapidfuzz's own float ``score_cutoff`` can miss it by one rounding).
+    """
     if a == b:
         return True
     if threshold >= 1.0 or not a or not b:
         return False
-    # Cheap upper bounds first: most pairs are ruled out by length alone.
-    length = len(a) + len(b)
-    if 2 * min(len(a), len(b)) / length < threshold:
-        return False
-    # Then by the characters they share: exactly difflib's quick_ratio() (matches = the
-    # size of the multiset intersection, same float expression), from the texts' cached
-    # character counts instead of a loop over every character, without building a SequenceMatcher
-    # for the pairs it rules out.  Most pairs are ruled out part-way: once more of b's
-    # characters are unmatched than ``budget`` (set one character short of the exact
-    # bound, so float rounding can never rule out a pair the exact test keeps), the
-    # intersection can no longer reach the threshold.
-    len_b = len(b)
-    budget = len_b - int(threshold * length / 2) + 1
-    unmatched = 0
-    get = a_counts.get
-    for char, count in _char_counts(b).items():
-        mine = get(char, 0)
-        if mine < count:
-            unmatched += count - mine
-            if unmatched > budget:
-                return False
-    if 2.0 * (len_b - unmatched) / length < threshold:
-        return False
-    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= threshold
+    total = len(a) + len(b)
+    # 2 * LCS must reach ``needed`` (the 1e-9 absorbs the float rounding of a decimal
+    # threshold such as 0.9 times the total).
+    needed = math.ceil(threshold * total - 1e-9)
+    if 2 * min(len(a), len(b)) < needed:
+        return False  # the LCS is at most the shorter text: most pairs end here
+    allowed = total - needed
+    return Indel.distance(a, b, score_cutoff=allowed) <= allowed
 
 
 @dataclass(frozen=True)
@@ -253,10 +234,9 @@ class SpamDetector:
                 recent = self._recent.recent_now(self._key(user_id), rules.duplicate_window_ms)
             else:
                 recent = await self.recent_texts(user_id)
-        counts = _char_counts(current)
         copies = 0
         for previous in recent:
-            if _similar(current, counts, previous, rules.similarity):
+            if similar(current, previous, rules.similarity):
                 copies += 1
                 if copies >= rules.max_repeats:
                     break
