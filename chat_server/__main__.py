@@ -64,6 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .logging_setup import configure_logging
+    from .services.policy import build_text_tables
 
     settings = _load_settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -79,9 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ImportError:  # pragma: no cover - optional speed-up
             pass
         app = create_app(settings, migrate=not args.no_migrate)
-        # What start-up built (modules, schemas, the app) lives as long as the process: keep it
-        # out of the collector's full passes, which would otherwise walk all of it (30-60 ms
-        # pauses, every few thousand history requests, before this).
+        build_text_tables()
+        # What start-up built (modules, schemas, the app, the text tables) lives as long as
+        # the process: keep it out of the collector's full passes, which would otherwise walk
+        # all of it (30-60 ms pauses, every few thousand history requests, before this).
         gc.collect()
         gc.freeze()
         # Under load a few thousand young objects are alive at any moment (the coroutines

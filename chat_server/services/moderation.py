@@ -57,6 +57,7 @@ class ModerationRepository(Protocol):
     transaction."""
 
     async def active_bans_for(self, user_id: str, room_id: str | None, now: datetime) -> list[Ban]: ...
+    async def active_bans_for_many(self, keys: Sequence[tuple[str, str]], now: datetime) -> dict[tuple[str, str], list[Ban]]: ...
     async def active_bans(self, room_id: str | None, now: datetime, *, limit: int = 1000) -> list[Ban]: ...
     async def ban(self, ban: NewBan, audit: AuditEntry, now: datetime, *, purge_since: datetime | None = None,
                   purge_limit: int = 500) -> tuple[Ban, list[Removed]]: ...
@@ -167,6 +168,7 @@ def banned_error(ban: Ban, now: datetime) -> Banned:
 
 class BanStore(Protocol):
     async def active_bans_for(self, user_id: str, room_id: str | None, now: datetime) -> list[Ban]: ...
+    async def active_bans_for_many(self, keys: Sequence[tuple[str, str]], now: datetime) -> dict[tuple[str, str], list[Ban]]: ...
 
 
 class BanChecks:
@@ -180,7 +182,7 @@ class BanChecks:
         self._store = store
         self._clock = clock
         self.cache = BanCache(ttl_s, monotonic)
-        self.refresher = Refresher("bans")
+        self.refresher: Refresher[tuple[str, str]] = Refresher("bans", self._reload_many)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -191,7 +193,7 @@ class BanChecks:
         if bans is None:
             bans = await self._load(user_id, room_id)
         elif due:
-            self.refresher.start((user_id, room_id), lambda: self._load(user_id, room_id))
+            self.refresher.start((user_id, room_id))
         if not bans:
             return []  # the usual answer, without reading the clock
         now = self.now()
@@ -202,6 +204,13 @@ class BanChecks:
         bans = tuple(await self._store.active_bans_for(user_id, room_id, self.now()))
         self.cache.put(user_id, room_id, bans, epoch=epoch)
         return bans
+
+    async def _reload_many(self, keys: list[tuple[str, str]]) -> None:
+        """The background reload of due ``(user, room)`` entries: one read for all of them."""
+        epoch = self.cache.epoch
+        found = await self._store.active_bans_for_many(keys, self.now())
+        for user_id, room_id in keys:
+            self.cache.put(user_id, room_id, tuple(found.get((user_id, room_id), ())), epoch=epoch)
 
     async def check_join(self, user: Principal, room_id: str) -> None:
         """Raise ``banned`` when a (visible) ban keeps the user out.  A shadow ban lets

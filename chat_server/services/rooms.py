@@ -6,7 +6,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ ROOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-.:@]{1,128}$")
 
 class RoomRepository(Protocol):
     async def get(self, room_id: str) -> Room | None: ...
+    async def get_many(self, room_ids: Sequence[str]) -> dict[str, Room]: ...
     async def create(self, room_id: str, *, name: str, type: str, settings: Mapping[str, Any], owner: Principal | None, members: list[str] | None = None) -> Room: ...
     async def ensure(self, room_id: str, *, name: str, type: str) -> Room: ...
     async def update(self, room_id: str, *, name: str | None, settings: Mapping[str, Any] | None) -> Room | None: ...
@@ -113,7 +114,7 @@ class RoomService:
                  cache: RoomCache | None = None) -> None:
         self._events = events
         self._cache = cache
-        self.refresher = Refresher("room")
+        self.refresher: Refresher[str] = Refresher("room", self._reload_many)
         self._rooms = rooms
         self._presence = presence
         self._policy = policy
@@ -140,7 +141,7 @@ class RoomService:
         if room is None:
             room = await self._load(cache, room_id)
         elif due:
-            self.refresher.start(room_id, lambda: self._load(cache, room_id))
+            self.refresher.start(room_id)
         return room
 
     async def _load(self, cache: RoomCache, room_id: str) -> Room | None:
@@ -151,6 +152,20 @@ class RoomService:
         else:
             cache.put(room, epoch=epoch)
         return room
+
+    async def _reload_many(self, room_ids: list[str]) -> None:
+        """The background reload of due cache entries: one read for all of them."""
+        cache = self._cache
+        if cache is None:
+            return
+        epoch = cache.epoch
+        rooms = await self._rooms.get_many(room_ids)
+        for room_id in room_ids:
+            room = rooms.get(room_id)
+            if room is None:
+                cache.drop(room_id)
+            else:
+                cache.put(room, epoch=epoch)
 
     async def visible(self, user: Principal, room_id: str, *, cached: bool = False) -> Room:
         """The room if ``user`` may see it; a private room they are not in looks missing.

@@ -94,6 +94,26 @@ class ModerationStore:
         )
         return [ban_from_row(r) for r in rows]
 
+    async def active_bans_for_many(self, keys: Sequence[tuple[str, str]], now: datetime) -> dict[tuple[str, str], list[Ban]]:
+        """``active_bans_for`` of many ``(user, room)`` pairs in one read (every pair is in
+        the answer, most with no bans)."""
+        rows = await self._db.fetch(
+            f"""SELECT {_BAN_COLUMNS} FROM bans
+                WHERE user_id = ANY(%(users)s) AND (room_id IS NULL OR room_id = ANY(%(rooms)s)) AND {_ACTIVE}""",
+            {"users": list({user for user, _ in keys}), "rooms": list({room for _, room in keys}), "now": now},
+        )
+        found: dict[tuple[str, str], list[Ban]] = {key: [] for key in keys}
+        if not rows:
+            return found
+        by_user: dict[str, list[Ban]] = {}
+        for row in rows:
+            ban = ban_from_row(row)
+            by_user.setdefault(ban.user_id, []).append(ban)
+        for user_id, room_id in keys:
+            # The read pairs every user with every room asked about: keep each pair's own.
+            found[(user_id, room_id)] = [b for b in by_user.get(user_id, ()) if b.room_id in (None, room_id)]
+        return found
+
     async def active_bans(self, room_id: str | None, now: datetime, *, limit: int = 1000) -> list[Ban]:
         """Active bans of a room (``None``: the global bans), newest first."""
         rows = await self._db.fetch(

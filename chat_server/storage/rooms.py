@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..domain import Membership, Principal, Room
@@ -43,6 +43,11 @@ class RoomStore:
     async def get(self, room_id: str) -> Room | None:
         row = await self._db.fetchrow(f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = %s", (room_id,))
         return _room(row) if row else None
+
+    async def get_many(self, room_ids: Sequence[str]) -> dict[str, Room]:
+        """The rooms of ``room_ids`` that exist, by id (one read)."""
+        rows = await self._db.fetch(f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = ANY(%s)", (list(room_ids),))
+        return {row["id"]: _room(row) for row in rows}
 
     async def create(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -22,6 +23,10 @@ class FakeBans:
     async def active_bans_for(self, user_id: str, room_id: str | None, now: datetime) -> list[Ban]:
         self.reads += 1
         return [b for b in self.bans if b.user_id == user_id and b.room_id in (room_id, None)]
+
+    async def active_bans_for_many(self, keys: Sequence[tuple[str, str]], now: datetime) -> dict[tuple[str, str], list[Ban]]:
+        self.reads += 1
+        return {(u, r): [b for b in self.bans if b.user_id == u and b.room_id in (r, None)] for u, r in keys}
 
 
 async def test_unbanned_users_are_served_from_the_cache():

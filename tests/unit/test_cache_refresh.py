@@ -6,6 +6,7 @@ the TTL; busy entries are reloaded in the background, one reload per key at a ti
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -13,7 +14,7 @@ import pytest
 
 from chat_server import errors
 from chat_server.domain import Ban, Room
-from chat_server.services.cache import REFRESH_FROM, REFRESH_TO, Freshness
+from chat_server.services.cache import REFRESH_FROM, REFRESH_TO, Freshness, Refresher
 from chat_server.services.moderation import BanChecks
 from chat_server.services.rooms import RoomCache, RoomPolicy, RoomService
 
@@ -149,30 +150,74 @@ async def test_ban_state_of_a_busy_sender_is_reloaded_in_the_background():
 
 
 
-async def test_reloads_due_together_run_a_few_at_a_time():
-    """After a pause every busy entry is due at once: the reloads queue behind a bound
-    instead of taking the whole database pool, and each key is reloaded once."""
-    from chat_server.services.cache import Refresher
-
-    refresher = Refresher("test", max_running=2)
+async def test_keys_due_together_share_one_read_and_later_ones_the_next():
+    """After a pause every busy entry is due at once: they are reloaded by a few reads,
+    one at a time, not one read per key, and each key once."""
     gate = asyncio.Event()
-    running = 0
-    most = 0
-    done: list[int] = []
+    reads: list[list[int]] = []
 
-    async def reload(key: int) -> None:
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
+    async def reload_many(keys: list[int]) -> None:
+        reads.append(keys)
         await gate.wait()
-        running -= 1
-        done.append(key)
 
+    refresher: Refresher[int] = Refresher("test", reload_many, max_batch=8)
     for key in range(10):
-        refresher.start(key, lambda key=key: reload(key))
-        refresher.start(key, lambda key=key: reload(key))  # asked twice: still once
+        refresher.start(key)
+        refresher.start(key)  # asked twice: still once
     await asyncio.sleep(0)
-    assert refresher.running == 2 and refresher.waiting == 8
+    assert reads == [list(range(8))] and refresher.running == 8 and refresher.waiting == 2
+    refresher.start(3)  # being reloaded: not queued again
+    refresher.start(10)  # due while the read is under way: goes with the next one
+    assert refresher.waiting == 3
     gate.set()
     await refresher.wait()
-    assert most == 2 and sorted(done) == list(range(10)) and refresher.waiting == 0
+    assert reads == [list(range(8)), [8, 9, 10]] and refresher.running == refresher.waiting == 0
+
+
+async def test_one_read_reloads_every_due_room_and_ban_entry():
+    clock = [0.0]
+    repo = GatedRooms()
+    for room_id in ("a", "b", "c"):
+        repo.add(room_id)
+    service = RoomService(repo, FakePresence(), RoomPolicy(), cache=RoomCache(TTL, lambda: clock[0], rng=lambda: 0.0))
+    for room_id in ("a", "b", "c"):
+        await service.visible(ALICE, room_id, cached=True)
+    repo.rooms["b"] = replace(repo.rooms["b"], settings={"emoji_only": True})  # a lost invalidation
+    del repo.rooms["c"]
+    reads: list[list[str]] = []
+    get_many = repo.get_many
+
+    async def counted(room_ids: Sequence[str]) -> dict[str, Room]:
+        reads.append(list(room_ids))
+        return await get_many(room_ids)
+
+    repo.get_many = counted  # type: ignore[method-assign]
+    clock[0] = 6.0
+    for room_id in ("a", "b", "c"):
+        await service.visible(ALICE, room_id, cached=True)  # all due: served, and queued
+    await service.refresher.wait()
+    assert reads == [["a", "b", "c"]]
+    assert (await service.visible(ALICE, "b", cached=True)).settings == {"emoji_only": True}
+    with pytest.raises(errors.NotFound):
+        await service.visible(ALICE, "c", cached=True)  # deleted meanwhile: dropped by the reload
+
+    store = FakeBans()
+    mono = [0.0]
+    checks = BanChecks(store, clock=lambda: NOW.timestamp(), monotonic=lambda: mono[0], ttl_s=TTL)
+    checks.cache._freshness = Freshness(TTL, lambda: mono[0], lambda: 0.0)
+    bob = replace(ALICE, user_id="bob", username="bob")
+    for user in (ALICE, bob):
+        for room_id in ("r1", "r2"):
+            assert await checks.check_post(user, room_id) is False
+    assert store.reads == 4
+    store.bans.append(Ban(1, "r2", "bob", None, False, "mod", NOW))  # the bus lost it
+    mono[0] = 5.5
+    for user in (ALICE, bob):
+        for room_id in ("r1", "r2"):
+            assert await checks.check_post(user, room_id) is False
+    await checks.refresher.wait()
+    assert store.reads == 5  # the four entries in one read
+    with pytest.raises(errors.Banned):
+        await checks.check_post(bob, "r2")
+    for user, room_id in ((ALICE, "r1"), (ALICE, "r2"), (bob, "r1")):
+        assert await checks.check_post(user, room_id) is False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +42,11 @@ class FakeRooms:
     async def get(self, room_id: str) -> Room | None:
         return self.rooms.get(room_id)
 
+
+    async def get_many(self, room_ids: Sequence[str]) -> dict[str, Room]:
+        # Through get(), so subclasses that count or gate reads see these too.
+        rooms = {room_id: await self.get(room_id) for room_id in room_ids}
+        return {room_id: room for room_id, room in rooms.items() if room is not None}
     async def create(self, room_id: str, *, name: str, type: str, settings: Mapping[str, Any], owner: Principal | None, members: list[str] | None = None) -> Room:
         if room_id in self.rooms:
             raise errors.Conflict("exists")

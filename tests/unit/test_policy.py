@@ -338,3 +338,15 @@ async def test_check_content_for_edits_skips_rate_slow_and_repeat_rules() -> Non
     assert isinstance(error, errors.MessageRejected) and error.reason == "links_not_allowed"
     gated = room(required_claim="vip")
     assert isinstance(await refused(w.guard.check_content(ALICE, gated, "hi")), errors.Forbidden)
+
+
+def test_start_up_builds_the_text_tables_the_first_message_would_otherwise_build():
+    # Built before the server freezes its start-up objects out of the collector's walks.
+    from chat_server.services import content, profanity, spam
+    from chat_server.services.policy import build_text_tables
+
+    lazy = (profanity._default_index, spam._bmp_punctuation, content._linker)
+    for table in (*lazy, profanity._cached_filter, profanity._filter_for_tuples):
+        table.cache_clear()
+    build_text_tables()
+    assert [table.cache_info().currsize for table in lazy] == [1, 1, 1]
