@@ -149,8 +149,10 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     )
     sio.packet_class = ChatPacket  # python-socketio's packet with a cheaper binary check (realtime/packets.py)
     if settings.fast_fanout:
+        # room_stats may wait a quarter of its own interval for a socket's next write.
         fanout = FastFanout(sio, slow_client_buffer_bytes=settings.slow_client_buffer_bytes,
-                            write_delay_s=settings.fanout_write_delay_s, write_batch=settings.fanout_write_batch)
+                            write_delay_s=settings.fanout_write_delay_s, write_batch=settings.fanout_write_batch,
+                            lazy_delay_s=settings.room_stats_interval_s / 4)
         if fanout.install():
             sio.manager.fanout = fanout
             metrics.watch_fanout(fanout.stats)

@@ -353,6 +353,58 @@ async def test_a_quiet_room_is_not_held_up_by_a_busy_one(start_node):
         await bob.close()
 
 
+async def test_room_stats_ride_with_the_next_write_or_go_out_after_the_lazy_delay(start_node):
+    # room_stats (coalesced to ~1/s anyway) does not take a send of its own when another
+    # frame for the same socket follows within the lazy delay: it goes out with that frame,
+    # before it (order holds); alone, it still goes out once the delay has passed.
+    delay = 1.0
+    node = await start_node(room_stats_interval_s=60)  # no room_stats of the node's own
+    fanout_of(node).lazy_delay_s = delay
+    sio = node.components.sio
+    room = unique()
+    alice = await RawClient(node.url).connect("alice")
+    bob = await RawClient(node.url).connect("bob")
+    loop = asyncio.get_running_loop()
+
+    async def received(client: RawClient, name: str, n: int) -> float:
+        while True:
+            kind, event, data = parse(await client.next(timeout=5))
+            if kind == "event" and event == name and data.get("n") == n:
+                return loop.time()
+
+    def order(client: RawClient) -> list[tuple[str, Any]]:
+        """The test's events and alice's ack of the third join, in arrival order."""
+        seen: list[tuple[str, Any]] = []
+        for kind, name, data in map(parse, client.packets):
+            if kind == "event" and name in ("room_stats", "probe") and "n" in data:
+                seen.append((name, data["n"]))
+            elif kind == "ack" and name == 3:
+                seen.append(("ack", 3))
+        return seen
+
+    try:
+        assert (await alice.call("join_room", {"room_id": room}, 1))["ok"]
+        assert (await bob.call("join_room", {"room_id": room}, 2))["ok"]
+        await asyncio.sleep(0.2)
+        sent = loop.time()
+        await sio.emit("room_stats", {"room_id": room, "n": 1}, to=room_channel(room))  # alone: waits
+        assert await received(bob, "room_stats", 1) - sent >= delay * 0.7
+        sent = loop.time()
+        await sio.emit("room_stats", {"room_id": room, "n": 2}, to=room_channel(room))
+        await sio.emit("probe", {"n": 3}, to=room_channel(room))  # a quiet room's broadcast takes it along
+        assert await received(bob, "probe", 3) - sent < delay / 2
+        sent = loop.time()
+        await sio.emit("room_stats", {"room_id": room, "n": 4}, to=room_channel(room))
+        assert (await alice.call("join_room", {"room_id": room}, 3))["ok"]  # so does an ack
+        assert loop.time() - sent < delay / 2
+        assert await received(bob, "room_stats", 4) - sent >= delay * 0.7  # bob had no other write
+        expected = [("room_stats", 1), ("room_stats", 2), ("probe", 3), ("room_stats", 4)]
+        assert order(bob) == expected and order(alice) == [*expected, ("ack", 3)]
+    finally:
+        await alice.close()
+        await bob.close()
+
+
 async def test_polling_clients_get_everything_through_the_stock_path(node, connect):
     room = unique()
     alice = await connect("alice")  # WebSocket
