@@ -183,7 +183,23 @@ class Server:
         log(f"{self.name} ({self.kind}) ready on :{self.port}, cores {self.cores}, pid {self.proc.pid}")
         return self
 
+    def fanout_writes(self) -> float:
+        """Our server's ``chat_fanout_writes_total`` (transport writes of the fast path; NaN for
+        the reference or without metrics)."""
+        if self.kind != "ours":
+            return math.nan
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except Exception:
+            return math.nan
+        for line in text.splitlines():
+            if line.startswith("chat_fanout_writes_total "):
+                return float(line.split()[1])
+        return math.nan
+
     def sample(self) -> dict[str, float]:
+        writes = self.fanout_writes()
         try:
             t = self.ps.cpu_times()
             user = t.user + getattr(t, "children_user", 0.0)
@@ -193,9 +209,9 @@ class Server:
                     ct = child.cpu_times()
                     user += ct.user
                     system += ct.system
-            return {"cpu_s": user + system, "cpu_system_s": system, "rss": float(self.ps.memory_info().rss)}
+            return {"cpu_s": user + system, "cpu_system_s": system, "rss": float(self.ps.memory_info().rss), "writes": writes}
         except Exception:
-            return {"cpu_s": math.nan, "cpu_system_s": math.nan, "rss": math.nan}
+            return {"cpu_s": math.nan, "cpu_system_s": math.nan, "rss": math.nan, "writes": writes}
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -458,6 +474,10 @@ def attach_cpu(steps: list[dict[str, Any]], syncs: list[dict[str, Any]], servers
         step["cpu_us_per_delivery"] = cpu_total * 1e6 / step["delivered"] if step["delivered"] else None
         # The kernel's share (system time: mostly the send path of every delivery).
         step["system_us_per_delivery"] = sum(p["cpu_system_s"] for p in per) * 1e6 / step["delivered"] if step["delivered"] else None
+        # Our transport writes (acks and pings included) per delivery: below 1, frames shared
+        # writes (write batching, room_stats riding along); NaN for the reference.
+        writes = sum(e["servers"][i].get("writes", math.nan) - b["servers"][i].get("writes", math.nan) for i in range(len(servers)))
+        step["writes_per_delivery"] = writes / step["delivered"] if step["delivered"] and not math.isnan(writes) else None
         step["cpu_us_per_message"] = cpu_total * 1e6 / step["acked"] if step["acked"] else None
         step["postgres_cpu_us_per_message"] = step["postgres_cpu_s"] * 1e6 / step["acked"] if step["acked"] else None
         step["generator_saturated"] = step["generator"]["cpu_util"] > GEN_SATURATED
@@ -547,6 +567,7 @@ def summarise_fanout(result: dict[str, Any], p: dict[str, Any]) -> dict[str, Any
         "best_clean_generator_saturated": bool(best and best["generator_saturated"]),
         "cpu_us_per_delivery": cpu_step["cpu_us_per_delivery"] if cpu_step else None,
         "system_us_per_delivery": cpu_step.get("system_us_per_delivery") if cpu_step else None,
+        "writes_per_delivery": cpu_step.get("writes_per_delivery") if cpu_step else None,
         "cpu_rate": p["cpu_rate"],
         "fixed_rate": p["fixed_rate"],
         "fixed": fixed,
@@ -901,6 +922,7 @@ def build_table(results: dict[str, Any]) -> list[list[str]]:
             "<= 0.5x ref", (cpu_o / cpu_r <= 0.5) if cpu_o and cpu_r else None)
         sys_o, sys_r = o.get("system_us_per_delivery"), r.get("system_us_per_delivery")
         add("  of which kernel (system time)", f(sys_o, 2), f(sys_r, 2), ratio(sys_o, sys_r), "(info)")
+        add("  transport writes per delivery (ours; acks and pings included)", f(o.get("writes_per_delivery"), 2), "n/a", "-", "(info)")
         def best(side: dict[str, Any]) -> str:
             if not side["best_clean_rate"]:
                 return f"< {min(s['rate'] for s in side['steps'])} msg/s" if side["steps"] else "-"

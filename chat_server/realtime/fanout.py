@@ -178,6 +178,7 @@ class FanoutStats:
     direct_packets: int = 0  # other packets (acks, CONNECT, pings, calls) written straight
     stock_broadcasts: int = 0  # broadcasts the fast path handed to the library (callback, binary)
     slow_disconnects: int = 0  # clients dropped for an unsent buffer over the bound
+    writes: int = 0  # transport writes of the direct path (a send system call each, most often)
 
 
 # --- Engine.IO socket and WebSocket wrapper ----------------------------------------------------
@@ -312,6 +313,7 @@ class DirectWebSocket(eio_aiohttp.WebSocket):
         if transport.is_closing() or self._sock.closed:
             return  # the connection is going away: the frames would be lost anyway
         transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        self.stats.writes += 1
         if transport.get_write_buffer_size() > self.fanout.slow_client_buffer_bytes:
             self.fanout.drop_slow_client(self)
 
@@ -490,6 +492,7 @@ class FastFanout:
 
     def _write_out(self, sockets: list[DirectWebSocket]) -> None:
         limit = self.slow_client_buffer_bytes
+        writes = 0
         for ws in sockets:  # DirectWebSocket.flush, inlined: this loop runs once per recipient
             pending = ws._pending
             if not pending:
@@ -500,10 +503,12 @@ class FastFanout:
                 if transport.is_closing() or ws._sock.closed:
                     continue
                 transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                writes += 1
                 if transport.get_write_buffer_size() > limit:
                     self.drop_slow_client(ws)
             except Exception:  # one broken transport must not keep frames from the others
                 log.exception("writing to a Socket.IO WebSocket failed")
+        self.stats.writes += writes
 
     def install(self) -> bool:
         """Route this server's WebSockets through ``DirectWebSocket``; False (and the stock

@@ -389,10 +389,15 @@ async def test_room_stats_ride_with_the_next_write_or_go_out_after_the_lazy_dela
         sent = loop.time()
         await sio.emit("room_stats", {"room_id": room, "n": 1}, to=room_channel(room))  # alone: waits
         assert await received(bob, "room_stats", 1) - sent >= delay * 0.7
+        stats = fanout_of(node).stats
+        writes = stats.writes
         sent = loop.time()
         await sio.emit("room_stats", {"room_id": room, "n": 2}, to=room_channel(room))
+        await asyncio.sleep(0.05)  # a few event-loop iterations later
         await sio.emit("probe", {"n": 3}, to=room_channel(room))  # a quiet room's broadcast takes it along
         assert await received(bob, "probe", 3) - sent < delay / 2
+        await received(alice, "probe", 3)
+        assert stats.writes - writes == 2  # one write per client for both events (4 if room_stats went alone)
         sent = loop.time()
         await sio.emit("room_stats", {"room_id": room, "n": 4}, to=room_channel(room))
         assert (await alice.call("join_room", {"room_id": room}, 3))["ok"]  # so does an ack
@@ -599,4 +604,6 @@ async def _stall_and_flood(node: Any, slow: StalledClient, room: str) -> None:
                 await slow.read_text()
     status, text = await rest(node, "GET", "/metrics")
     assert "chat_fanout_slow_disconnects_total 1.0" in text
+    writes = next(float(line.split()[1]) for line in text.splitlines() if line.startswith("chat_fanout_writes_total "))
+    assert 0 < writes == fanout_of(node).stats.writes
     await healthy.close()
