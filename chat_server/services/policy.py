@@ -72,7 +72,6 @@ def _truthy_claim(value: Any) -> bool:
     return bool(value)
 
 
-
 def build_text_tables() -> None:
     """Build the content pipeline's lazily built tables now: the profanity index, the
     punctuation table of the repeat rule and the link finder.  Called at start-up, before
@@ -85,8 +84,8 @@ def build_text_tables() -> None:
     sample = "Ünïcode ťext, www.example.com @someone"
     ProfanityFilter.default().profane_spans(fold_confusables(sample))
     normalise(sample)
-    count_links(sample)
     render(sample, mentions={"someone": "u1"})
+
 
 @dataclass(frozen=True)
 class RoomModes:

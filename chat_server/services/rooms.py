@@ -95,6 +95,14 @@ class RoomCache:
         """Forget one row that is gone (no invalidation: reads under way stay cacheable)."""
         self._rooms.pop(room_id, None)
 
+    def store(self, room_id: str, room: Room | None, *, epoch: int) -> None:
+        """What a read of ``room_id`` that started at ``epoch`` found: its row, or None
+        (the room is gone)."""
+        if room is None:
+            self.drop(room_id)
+        else:
+            self.put(room, epoch=epoch)
+
     def forget(self, room_id: str | None = None) -> None:
         self.epoch += 1
         if room_id is None:
@@ -147,10 +155,7 @@ class RoomService:
     async def _load(self, cache: RoomCache, room_id: str) -> Room | None:
         epoch = cache.epoch
         room = await self._rooms.get(room_id)
-        if room is None:
-            cache.drop(room_id)
-        else:
-            cache.put(room, epoch=epoch)
+        cache.store(room_id, room, epoch=epoch)
         return room
 
     async def _reload_many(self, room_ids: list[str]) -> None:
@@ -161,11 +166,7 @@ class RoomService:
         epoch = cache.epoch
         rooms = await self._rooms.get_many(room_ids)
         for room_id in room_ids:
-            room = rooms.get(room_id)
-            if room is None:
-                cache.drop(room_id)
-            else:
-                cache.put(room, epoch=epoch)
+            cache.store(room_id, rooms.get(room_id), epoch=epoch)
 
     async def visible(self, user: Principal, room_id: str, *, cached: bool = False) -> Room:
         """The room if ``user`` may see it; a private room they are not in looks missing.
