@@ -83,6 +83,17 @@ def fanout_of(node: Any) -> Any:
     return fanout
 
 
+async def arrival(client: RawClient, name: str, *numbers: int) -> float:
+    """The event-loop time once ``client`` has received the ``name`` events whose data has
+    each of these ``n`` (other packets are read past)."""
+    missing = set(numbers)
+    while missing:
+        kind, event, data = parse(await client.next(timeout=5))
+        if kind == "event" and event == name and isinstance(data, dict):
+            missing.discard(data.get("n"))
+    return asyncio.get_running_loop().time()
+
+
 # --- the pieces ---------------------------------------------------------------------------------
 
 
@@ -286,29 +297,21 @@ async def test_busy_broadcasts_wait_for_the_write_delay_but_acks_and_quiet_rooms
             await sio.emit("probe", {"n": n}, to=room_channel(room))
         return sent
 
-    async def bob_gets(*numbers: int) -> float:
-        missing = set(numbers)
-        while missing:
-            kind, name, data = parse(await bob.next(timeout=5))
-            if kind == "event" and name == "probe":
-                missing.discard(data["n"])
-        return loop.time()
-
     try:
         assert (await alice.call("join_room", {"room_id": room}, 1))["ok"]
         assert (await bob.call("join_room", {"room_id": room}, 2))["ok"]
         await asyncio.sleep(delay + 0.2)
         sent = await broadcast(1, 2, 3)  # a quiet room: at once, even a few in a row
-        assert await bob_gets(1, 2, 3) - sent < delay / 2
+        assert await arrival(bob, "probe", 1, 2, 3) - sent < delay / 2
         sent = await broadcast(4)  # the room is busy now (broadcasts well under the delay apart): waits for more
-        assert await bob_gets(4) - sent >= delay * 0.7
+        assert await arrival(bob, "probe", 4) - sent >= delay * 0.7
         sent = await broadcast(5, 6, 7)  # a full batch: at once
-        assert await bob_gets(5, 6, 7) - sent < delay / 2
+        assert await arrival(bob, "probe", 5, 6, 7) - sent < delay / 2
         sent = await broadcast(8)  # waits again, but an ack (to alice, who has it pending too) does not
         asked = loop.time()
         assert (await alice.call("join_room", {"room_id": room}, 3))["ok"]
         assert loop.time() - asked < delay / 2
-        assert await bob_gets(8) - sent >= delay * 0.7
+        assert await arrival(bob, "probe", 8) - sent >= delay * 0.7
         # alice got the waiting broadcast with her ack, before it: order holds
         probes = [parse(p)[2]["n"] for p in alice.packets if parse(p)[1] == "probe"]
         assert probes == [1, 2, 3, 4, 5, 6, 7, 8]
@@ -329,25 +332,19 @@ async def test_a_quiet_room_is_not_held_up_by_a_busy_one(start_node):
     bob = await RawClient(node.url).connect("bob")  # in the quiet room
     loop = asyncio.get_running_loop()
 
-    async def gets(client: RawClient, n: int) -> float:
-        while True:
-            kind, name, data = parse(await client.next(timeout=5))
-            if kind == "event" and name == "probe" and data["n"] == n:
-                return loop.time()
-
     try:
         assert (await alice.call("join_room", {"room_id": busy}, 1))["ok"]
         assert (await bob.call("join_room", {"room_id": quiet}, 2))["ok"]
         await asyncio.sleep(delay + 0.2)
         for n in (1, 2, 3):
             await sio.emit("probe", {"n": n}, to=room_channel(busy))
-        await gets(alice, 3)
+        await arrival(alice, "probe", 3)
         sent_busy = loop.time()
         await sio.emit("probe", {"n": 4}, to=room_channel(busy))  # the busy room's next: waits
         sent_quiet = loop.time()
         await sio.emit("probe", {"n": 5}, to=room_channel(quiet))  # meanwhile, the quiet room's first
-        assert await gets(bob, 5) - sent_quiet < delay / 2
-        assert await gets(alice, 4) - sent_busy >= delay * 0.7
+        assert await arrival(bob, "probe", 5) - sent_quiet < delay / 2
+        assert await arrival(alice, "probe", 4) - sent_busy >= delay * 0.7
     finally:
         await alice.close()
         await bob.close()
@@ -366,12 +363,6 @@ async def test_room_stats_ride_with_the_next_write_or_go_out_after_the_lazy_dela
     bob = await RawClient(node.url).connect("bob")
     loop = asyncio.get_running_loop()
 
-    async def received(client: RawClient, name: str, n: int) -> float:
-        while True:
-            kind, event, data = parse(await client.next(timeout=5))
-            if kind == "event" and event == name and data.get("n") == n:
-                return loop.time()
-
     def order(client: RawClient) -> list[tuple[str, Any]]:
         """The test's events and alice's ack of the third join, in arrival order."""
         seen: list[tuple[str, Any]] = []
@@ -388,21 +379,21 @@ async def test_room_stats_ride_with_the_next_write_or_go_out_after_the_lazy_dela
         await asyncio.sleep(0.2)
         sent = loop.time()
         await sio.emit("room_stats", {"room_id": room, "n": 1}, to=room_channel(room))  # alone: waits
-        assert await received(bob, "room_stats", 1) - sent >= delay * 0.7
+        assert await arrival(bob, "room_stats", 1) - sent >= delay * 0.7
         stats = fanout_of(node).stats
         writes = stats.writes
         sent = loop.time()
         await sio.emit("room_stats", {"room_id": room, "n": 2}, to=room_channel(room))
         await asyncio.sleep(0.05)  # a few event-loop iterations later
         await sio.emit("probe", {"n": 3}, to=room_channel(room))  # a quiet room's broadcast takes it along
-        assert await received(bob, "probe", 3) - sent < delay / 2
-        await received(alice, "probe", 3)
+        assert await arrival(bob, "probe", 3) - sent < delay / 2
+        await arrival(alice, "probe", 3)
         assert stats.writes - writes == 2  # one write per client for both events (4 if room_stats went alone)
         sent = loop.time()
         await sio.emit("room_stats", {"room_id": room, "n": 4}, to=room_channel(room))
         assert (await alice.call("join_room", {"room_id": room}, 3))["ok"]  # so does an ack
         assert loop.time() - sent < delay / 2
-        assert await received(bob, "room_stats", 4) - sent >= delay * 0.7  # bob had no other write
+        assert await arrival(bob, "room_stats", 4) - sent >= delay * 0.7  # bob had no other write
         expected = [("room_stats", 1), ("room_stats", 2), ("probe", 3), ("room_stats", 4)]
         assert order(bob) == expected and order(alice) == [*expected, ("ack", 3)]
     finally:
