@@ -238,6 +238,84 @@ def test_expired_issued_token_refused():
         TokenVerifier(s).verify(token)
 
 
+# --- remembered verifications ---------------------------------------------------------
+
+
+class CountingDecode:
+    """PyJWT's decode, counted: how often the verifier really checked a token."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = jwt.decode
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(jwt, "decode", counted)
+
+
+def test_a_token_sent_again_is_not_decoded_again(verifier, monkeypatch):
+    decode = CountingDecode(monkeypatch)
+    token = hs256(claims(sub="u1", name="Alice"))
+    first, again = verifier.verify(token), verifier.verify(token)
+    assert again == first and again.username == "Alice"
+    assert decode.calls == 1
+    other = hs256(claims(sub="u2"))
+    assert verifier.verify(other).user_id == "u2"
+    assert decode.calls == 2
+
+
+def test_a_remembered_token_is_refused_once_it_expires(verifier):
+    exp = int(time.time()) + 1
+    token = hs256(claims(exp=exp))
+    assert verifier.verify(token).user_id == "u1"
+    while time.time() < exp:
+        time.sleep(0.05)
+    with pytest.raises(Unauthorized):
+        verifier.verify(token)
+
+
+def test_a_remembered_token_follows_its_time_claims(monkeypatch):
+    """The remembered window is PyJWT's: from max(iat, nbf) until before exp."""
+    now = [1_000.0]
+    verifier = TokenVerifier(Settings(jwt_secret=SECRET), clock=lambda: now[0])
+    decode = CountingDecode(monkeypatch)
+    real_now = int(time.time())
+    token = hs256(claims(iat=real_now - 100, nbf=real_now - 50, exp=real_now + 600))
+    now[0] = real_now
+    verifier.verify(token)
+    for moment in (real_now - 50, real_now + 599.9):
+        now[0] = moment
+        verifier.verify(token)
+    assert decode.calls == 1
+    for moment in (real_now - 51, real_now + 600):  # outside: PyJWT (real time) checks it again
+        now[0] = moment
+        verifier.verify(token)
+    assert decode.calls == 3
+
+
+def test_refusals_are_not_remembered(verifier, monkeypatch):
+    decode = CountingDecode(monkeypatch)
+    bad = hs256(claims(), secret="another-secret-" + "z" * 32)
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            verifier.verify(bad)
+    assert decode.calls == 2
+
+
+def test_remembered_tokens_are_bounded(monkeypatch):
+    verifier = TokenVerifier(Settings(jwt_secret=SECRET), kept=2)
+    decode = CountingDecode(monkeypatch)
+    tokens = [hs256(claims(sub=f"u{i}")) for i in range(3)]
+    for token in tokens:
+        verifier.verify(token)
+    verifier.verify(tokens[2])
+    assert decode.calls == 3
+    verifier.verify(tokens[0])  # the oldest was forgotten
+    assert decode.calls == 4
+
+
 def test_issuer_refuses_asymmetric_configuration(rsa_keys):
     with pytest.raises(RuntimeError):
         TokenIssuer(Settings(jwt_algorithm="RS256", jwt_public_key=rsa_keys[1]))
