@@ -12,7 +12,16 @@ from redis.asyncio import Redis
 
 from chat_server.errors import MessageRejected
 from chat_server.services.confusables import fold_confusables
-from chat_server.services.spam import MemoryRecentStore, RecentStore, SpamDetector, SpamRules, count_links, normalise, similar
+from chat_server.services.spam import (
+    MemoryRecentStore,
+    RecentStore,
+    SpamDetector,
+    SpamRules,
+    count_links,
+    count_similar,
+    normalise,
+    similar,
+)
 from chat_server.storage.recent_redis import RedisRecentStore
 from chat_server.storage.redis_pipeline import AutoPipeline
 from tests.conftest import FakeClock
@@ -118,6 +127,23 @@ def test_similarity_is_the_lcs_ratio_on_many_pairs() -> None:
         similar_pairs += expected
         dissimilar_pairs += not expected
     assert similar_pairs > 1000 and dissimilar_pairs > 1000
+
+
+def test_count_similar_counts_what_the_definition_counts() -> None:
+    """The batch scoring only narrows the candidates: the count is exactly the reference's,
+    pairs right at the threshold included."""
+    pairs = list(_random_pairs(20_000))
+    counted = 0
+    for k in range(0, len(pairs), 10):  # a text against ten remembered ones, as the rule does
+        group = pairs[k:k + 10]
+        text, threshold = group[0][0], group[0][2]
+        others = [b for _, b, _ in group]
+        expected = sum(_similar_reference(text, b, threshold) for b in others)
+        assert count_similar(text, others, threshold) == expected, (text, others, threshold)
+        counted += expected
+    assert count_similar("c c", ["c ", "c c", "x"], 0.8) == 2  # 0.8 exactly, and equal
+    assert count_similar("", ["", "a"], 0.9) == 1 and count_similar("abc", [], 0.9) == 0
+    assert counted > 1000
 
 
 def test_every_pair_difflib_finds_similar_is_similar() -> None:
