@@ -192,7 +192,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     )
     moderation = ModerationService(moderation_store, bans, rooms, room_store, messages, broadcaster, guard=guard)
     rooms.audited_update = moderation.update_room  # PATCH /api/rooms: mode changes audited in the same transaction
-    reactions = ReactionService(ReactionStore(db), messages, broadcaster, names=settings.reaction_names, guard=guard)
+    reactions = ReactionService(ReactionStore(db), messages, broadcaster, names=settings.reaction_names, guard=guard, bans=bans)
     registry = ConnectionRegistry(node_id)
     sio.manager.local_sids_of = registry.sids_of  # expands "every connection of a user" skips
     # Node-local moderation: ban removal, ban-cache invalidation and block filtering,

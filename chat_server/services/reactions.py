@@ -10,6 +10,7 @@ import emoji
 from ..domain import Message, Principal
 from ..errors import ValidationFailed
 from .messages import MessageService
+from .moderation import BanChecks
 from .policy import MessageGuard
 
 DEFAULT_REACTION_NAMES = ("like", "love", "laugh", "wow", "sad", "angry", "fire", "clap")
@@ -46,8 +47,10 @@ def check_reaction(reaction: object, names: frozenset[str]) -> str:
 
 class ReactionService:
     def __init__(self, reactions: ReactionRepository, messages: MessageService, events: ReactionEvents,
-                 *, names: tuple[str, ...] = DEFAULT_REACTION_NAMES, guard: MessageGuard | None = None) -> None:
+                 *, names: tuple[str, ...] = DEFAULT_REACTION_NAMES, guard: MessageGuard | None = None,
+                 bans: BanChecks | None = None) -> None:
         self._guard = guard  # rate limits (services/policy.py)
+        self._bans = bans  # a reaction is a post: the same bans apply as to messages
         self._reactions = reactions
         self._messages = messages
         self._events = events
@@ -58,8 +61,17 @@ class ReactionService:
         """Add or remove ``user``'s ``reaction``; ``remove=None`` toggles."""
         reaction = check_reaction(reaction, self._names)
         message = await self._messages.get_visible(user, message_id)
+        # Banned (or timed out) users are refused, as for messages; a shadow-banned user's
+        # reaction is acknowledged as if it counted but is neither stored nor shown to
+        # anyone (they must not notice the ban, and others must not see them).
+        shadow = await self._bans.check_post(user, message.room_id) if self._bans is not None else False
         if self._guard is not None:
             await self._guard.check_reaction(user, message.room_id, address=address)
+        if shadow:
+            counts = await self._reactions.counts(message.message_id)
+            if remove:
+                return ReactionChange(message, counts, "removed", False)
+            return ReactionChange(message, {**counts, reaction: counts.get(reaction, 0) + 1}, "added", True)
         if remove is None:
             remove = await self._reactions.has(message.message_id, user.user_id, reaction)
         if remove:

@@ -238,6 +238,35 @@ async def test_shadow_ban_is_invisible_to_the_user(node, connect):
     assert "message_updated" not in carol.events
 
 
+async def test_banned_users_cannot_react_and_shadow_banned_reactions_count_for_nobody(node, connect):
+    room = unique()
+    bob = await joined(connect, "bob", room)
+    carol = await joined(connect, "carol", room)
+    dave = await joined(connect, "dave", room)
+    liked = await say(carol, room, "react to this")
+
+    # A visible ban (a timeout here) refuses reactions like messages.
+    status, _ = await rest(node, "POST", f"/api/rooms/{room}/ban", "mod", **MOD, json={"user_id": "bob", "duration_seconds": 600})
+    assert status == 201
+    await bob.wait_for("banned")
+    refused = await bob.call("react", {"message_id": liked["message_id"], "reaction": "👍"})
+    assert refused["ok"] is False and refused["error"]["code"] == "banned", refused
+
+    # A shadow ban: dave's reaction looks counted to dave, reaches nobody, is not stored.
+    status, _ = await rest(node, "POST", f"/api/rooms/{room}/ban", "mod", **MOD, json={"user_id": "dave", "shadow": True})
+    assert status == 201
+    shown = await dave.call("react", {"message_id": liked["message_id"], "reaction": "👍"})
+    assert shown["ok"] is True and shown["reactions"] == {"👍": 1} and shown["action"] == "added", shown
+    await barrier(carol, room, carol)
+    assert "message_reaction" not in carol.events and "banned" not in dave.events
+    _, history = await rest(node, "GET", f"/api/rooms/{room}/messages", "carol")
+    assert [m["reactions"] for m in history["messages"] if m["message_id"] == liked["message_id"]] == [{}]
+
+    # Carol's own reaction still counts once, without dave's.
+    counted = await carol.call("react", {"message_id": liked["message_id"], "reaction": "👍"})
+    assert counted["ok"] and counted["reactions"] == {"👍": 1}, counted
+
+
 async def test_shadow_ban_applies_on_another_node_within_bus_latency(start_node):
     """Nothing tells a shadow-banned user's node to remove anything: only the ban-cache
     invalidation on the bus makes node b notice the ban (within the pub/sub latency,
