@@ -268,13 +268,18 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     background: list[asyncio.Task[Any]] = []
 
     async def heartbeat() -> None:
-        # Keep this node's presence entries alive; a dead node's entries expire.
+        # Keep this node's presence entries alive; a dead node's entries expire, and the
+        # first node to sweep after that announces its users' departure.
         while True:
             await asyncio.sleep(settings.presence_ttl_s / 3)
             try:
                 await presence.refresh(registry.presence_entries())
             except Exception:
                 log.exception("presence heartbeat failed")
+            try:
+                await sessions.announce_departed()
+            except Exception:
+                log.exception("presence sweep failed")
 
     async def become_ready() -> None:
         # Wait for PostgreSQL (and bring the schema up to date) without blocking the

@@ -105,6 +105,24 @@ class ChatSessions:
         except Exception:
             log.exception("presence cleanup of %s failed", conn.conn_id)
 
+    async def announce_departed(self) -> int:
+        """Announce ``user_left`` (and ``presence`` offline) for users whose node died
+        without removing them: their connections expired in the shared presence store.
+        The store hands each to exactly one node; returns how many this node announced."""
+        departed = await self._presence.sweep()
+        for room_id, user in departed:
+            if room_id == GLOBAL or "user_id" not in user:
+                continue
+            try:
+                if not await self._is_big(room_id, fresh=True):
+                    await self._broadcaster.user_left(room_id, user)
+                    await self._broadcaster.presence(user["user_id"], "offline", [room_id])
+                else:
+                    self._broadcaster.room_activity(room_id)
+            except Exception:
+                log.exception("announcing that %s left %s failed", user.get("user_id"), room_id)
+        return len(departed)
+
     # --- rooms ---------------------------------------------------------------------------
 
     async def _is_big(self, room_id: str, *, fresh: bool = False) -> bool:

@@ -42,6 +42,12 @@ class PresenceStore(Protocol):
 
     async def is_online(self, room_id: str, user_id: str) -> bool: ...
 
+    async def sweep(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        """Take out users none of whose connections is live any more although none was
+        removed (their node stopped refreshing them: it died) and return ``(room_id,
+        public info)`` of each, at most ``limit``: once across all nodes, so exactly one
+        node announces each departure."""
+
 
 class MemoryPresenceStore:
     """Single-node presence; same semantics as the Redis store."""
@@ -103,3 +109,18 @@ class MemoryPresenceStore:
 
     async def is_online(self, room_id: str, user_id: str) -> bool:
         return bool(self._live(room_id, user_id))
+
+    async def sweep(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        departed: list[tuple[str, dict[str, Any]]] = []
+        for room_id, users in list(self._conns.items()):
+            for user_id in list(users):
+                if len(departed) >= limit:
+                    return departed
+                if not self._live(room_id, user_id):
+                    del users[user_id]
+                    info = self._info.get(room_id, {}).pop(user_id, None) or {"user_id": user_id, "username": user_id, "avatar": None}
+                    departed.append((room_id, dict(info)))
+            if not users:
+                self._conns.pop(room_id, None)
+                self._info.pop(room_id, None)
+        return departed

@@ -115,3 +115,12 @@ class FailSoftPresence:
         except RedisError as exc:
             self._outage.failed("presence lookup", exc)
             return await self._mirror.is_online(room_id, user_id)
+
+    async def sweep(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        # Only the shared store knows other nodes' users; the mirror holds this node's own,
+        # which its heartbeat keeps alive.  While Redis fails there is nothing to sweep.
+        try:
+            return await self._primary.sweep(limit)
+        except RedisError as exc:
+            self._outage.failed("presence sweep", exc)
+            return []

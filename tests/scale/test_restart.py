@@ -128,3 +128,33 @@ async def test_node_stopped_under_load_loses_nothing(how, spawn_server, database
     finally:
         await alice.disconnect()
         await bob.disconnect()
+
+
+async def test_users_of_a_killed_node_are_announced_as_left(spawn_server):
+    """A node that dies cannot say goodbye for its users: once their presence expires the
+    surviving node announces user_left and presence offline, once, and stops listing them."""
+    env = {"REDIS_URL": REDIS_URL, "PRESENCE_TTL_MS": "1500"}
+    doomed = await spawn_server(**env)
+    survivor = await spawn_server(**env)
+    room = unique()
+    alice = await ChatClient(doomed.url, make_token("alice")).connect()
+    carol = await ChatClient(survivor.url, make_token("carol")).connect()
+    dave = await ChatClient(survivor.url, make_token("dave")).connect()
+    try:
+        for c in (alice, carol, dave):
+            assert (await c.call("join_room", {"room_id": room}))["ok"]
+        await carol.wait_for("user_joined", lambda e: e["user_id"] == "dave")
+        await asyncio.sleep(2.0)  # longer than the TTL: the survivor's heartbeat keeps its own users
+        assert "user_left" not in carol.events
+        doomed.kill()
+        left = await carol.wait_for("user_left", lambda e: e["user_id"] == "alice", timeout=6)
+        assert left["room_id"] == room and left["username"] == "alice"
+        offline = await carol.wait_for("presence", lambda e: e["user_id"] == "alice" and e["status"] == "offline")
+        assert offline == {"user_id": "alice", "status": "offline"}
+        await asyncio.sleep(1.5)  # further sweeps announce nothing more
+        assert [e["user_id"] for e in carol.events["user_left"]] == ["alice"]
+        ack = await dave.call("join_room", {"room_id": room})
+        assert sorted(u["user_id"] for u in ack["online_users"]) == ["carol", "dave"]
+    finally:
+        for c in (alice, carol, dave):
+            await c.disconnect()

@@ -185,6 +185,48 @@ async def test_dead_node_connection_does_not_keep_user(make_store, clock):
     assert await node_a.is_online(ROOM, "alice") is False
 
 
+async def test_sweep_hands_a_dead_nodes_users_to_one_node_once(make_store, clock):
+    node_a, node_b = make_store(), make_store()
+    await node_a.add(ROOM, user("alice"), "a1")
+    await node_a.add("other-room", user("alice"), "a1")
+    await node_b.add(ROOM, user("bob"), "b1")
+    await node_b.add(ROOM, user("carol"), "b2")
+    await node_a.add(ROOM, user("carol"), "a2")  # carol also has a tab on the node that dies
+    for _ in range(3):  # node A died; B keeps its own connections alive
+        clock.advance(TTL * 0.4)
+        await node_b.refresh([Connection(ROOM, "bob", "b1"), Connection(ROOM, "carol", "b2")])
+    assert await node_a.online(ROOM) is not None  # a read meanwhile must not lose alice's info
+    swept = await node_a.sweep() + await node_b.sweep()
+    assert sorted((room, info["user_id"], info["username"]) for room, info in swept) == [
+        ("other-room", "alice", "Alice"), (ROOM, "alice", "Alice")]
+    assert await node_a.sweep() == [] and await node_b.sweep() == []
+    assert sorted(u["user_id"] for u in await node_b.online(ROOM)) == ["bob", "carol"]
+    # The dead node's heartbeat, had it one left, brings nobody back; a new tab is first.
+    await node_a.refresh([Connection(ROOM, "alice", "a1")])
+    assert await node_b.is_online(ROOM, "alice") is False
+    assert await node_b.add(ROOM, user("alice"), "b3") is True
+
+
+async def test_sweep_leaves_live_and_departed_users_alone(store, clock):
+    await store.add(ROOM, user("alice"), "c1")
+    assert await store.remove(ROOM, "alice", "c1") is True  # left normally: announced then
+    await store.add(ROOM, user("bob"), "c2")
+    for _ in range(4):
+        clock.advance(TTL * 0.5)
+        await store.refresh([Connection(ROOM, "bob", "c2")])
+    assert await store.sweep() == []
+    assert await store.is_online(ROOM, "bob") is True
+
+
+async def test_sweep_is_bounded(store, clock):
+    for name in ("a", "b", "c"):
+        await store.add(ROOM, user(name), f"conn-{name}")
+    clock.advance(TTL + 1)
+    first = await store.sweep(limit=2)
+    assert len(first) == 2
+    assert len(await store.sweep(limit=2)) == 1
+
+
 async def test_two_redis_stores_share_state(redis_prefix, clock):
     client, prefix = redis_prefix
     other_client = Redis.from_url(REDIS_URL)
