@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -176,7 +176,8 @@ class RedisPresenceStore:
     async def sweep(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
         now = self._now_ms()
         departed: list[tuple[str, dict[str, Any]]] = []
-        for raw in await self._redis.zrangebyscore(self._due, "-inf", now, start=0, num=limit):
+        due = cast("list[bytes | str]", await self._redis.zrangebyscore(self._due, "-inf", now, start=0, num=limit))
+        for raw in due:
             member = raw.decode() if isinstance(raw, bytes) else raw
             room_id, _, user_id = member.partition("\n")
             info = await self._sweep(keys=self._keys(room_id, user_id), args=[user_id, member, now])
