@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..domain import HistoryPage, Message, NewMessage, Principal, build
+from ..domain import HistoryPage, Message, NewMessage, Principal, Room, build
 from ..errors import MessageRejected, NotFound, ValidationFailed
 from . import content as content_pipeline
 from .policy import MessageGuard
@@ -177,28 +177,20 @@ class MessageService:
         # Banned users are refused before anything else; a shadow-banned user's message is
         # stored marked, shown only to them (broadcaster) and hidden from others' history.
         shadow = await self._bans.check_post(user, room.id) if self._bans is not None else False
+        claim = None
         if self._guard is not None:  # limits, room modes, spam, profanity (may censor)
-            text = await self._guard.check(user, room, text, encrypted=encrypted, client_msg_id=client_msg_id, address=address)
-        tokens = [] if encrypted else content_pipeline.find_mentions(text)
-        if len(tokens) > self._limits.max_mentions:
-            raise MessageRejected("spam", f"Too many mentions (at most {self._limits.max_mentions})",
-                                  details={"rule": "mentions", "max_mentions": self._limits.max_mentions})
-        resolved = await self._mentions.resolve_mentions(room.id, tokens) if tokens and self._mentions else {}
-        html = None if encrypted else content_pipeline.to_html(text, resolved)
-        if reply_to is not None:
-            parent = await self._messages.get(reply_to)
-            if parent is None or parent.room_id != room.id or parent.deleted_at is not None or (
-                    parent.metadata.get("shadow") and parent.user_id != user.user_id):
-                raise ValidationFailed("reply_to does not name a message in this room", details={"reply_to": ["Unknown message."]})
-        new = build(NewMessage, {
-            "message_id": self._new_id(), "room_id": room.id, "user": user, "content": text, "content_html": html,
-            "type": type, "client_msg_id": client_msg_id, "reply_to": reply_to,
-            "mentions": tuple(dict.fromkeys(resolved.values())) if resolved else (),
-            "metadata": {"shadow": True} if shadow else {},
-        })
-        message, created = await self._messages.insert(new)
+            checked = await self._guard.check(user, room, text, encrypted=encrypted, client_msg_id=client_msg_id, address=address)
+            text, claim = checked.text, checked.claim
+        try:
+            message, created = await self._store_new(user, room, text, type, encrypted, shadow, client_msg_id, reply_to)
+        except BaseException:
+            if claim is not None and self._guard is not None:
+                await self._guard.release(claim)  # not stored: the text stays free
+            raise
+        if not created and claim is not None and self._guard is not None:
+            await self._guard.release(claim)  # a resend of a stored message
         if created:
-            # Taken before anything else awaits: see BroadcastOrder.
+            # Taken before anything else awaits (the insert's return did not): see BroadcastOrder.
             turn = self._order.take(message.room_id)
             try:
                 if self._guard is not None:
@@ -216,6 +208,29 @@ class MessageService:
             finally:
                 turn.release()
         return message
+
+    async def _store_new(self, user: Principal, room: Room, text: str, type: str, encrypted: bool, shadow: bool,
+                         client_msg_id: str | None, reply_to: str | None) -> tuple[Message, bool]:
+        """Mentions, HTML and the reply target of a checked text, then the insert: the
+        stored message and whether this call created it (False: a resend)."""
+        tokens = [] if encrypted else content_pipeline.find_mentions(text)
+        if len(tokens) > self._limits.max_mentions:
+            raise MessageRejected("spam", f"Too many mentions (at most {self._limits.max_mentions})",
+                                  details={"rule": "mentions", "max_mentions": self._limits.max_mentions})
+        resolved = await self._mentions.resolve_mentions(room.id, tokens) if tokens and self._mentions else {}
+        html = None if encrypted else content_pipeline.to_html(text, resolved)
+        if reply_to is not None:
+            parent = await self._messages.get(reply_to)
+            if parent is None or parent.room_id != room.id or parent.deleted_at is not None or (
+                    parent.metadata.get("shadow") and parent.user_id != user.user_id):
+                raise ValidationFailed("reply_to does not name a message in this room", details={"reply_to": ["Unknown message."]})
+        new = build(NewMessage, {
+            "message_id": self._new_id(), "room_id": room.id, "user": user, "content": text, "content_html": html,
+            "type": type, "client_msg_id": client_msg_id, "reply_to": reply_to,
+            "mentions": tuple(dict.fromkeys(resolved.values())) if resolved else (),
+            "metadata": {"shadow": True} if shadow else {},
+        })
+        return await self._messages.insert(new)
 
     def _limit(self, limit: int | None) -> int:
         cap = self._limits.history_limit

@@ -193,6 +193,24 @@ class _Exemption:
         return self._answer
 
 
+@dataclass(frozen=True)
+class UniqueClaim:
+    """A ``unique_chat`` room's hold on a text, taken when the message passed the rule:
+    released when the message is not stored after all (so it cannot block the text)."""
+
+    key: str
+    handle: object
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the guard let through: the text to store (possibly censored) and, in a
+    ``unique_chat`` room, the claim on it."""
+
+    text: str
+    claim: UniqueClaim | None = None
+
+
 class MessageGuard:
     def __init__(
         self,
@@ -230,15 +248,24 @@ class MessageGuard:
         encrypted: bool = False,
         client_msg_id: str | None = None,
         address: str | None = None,
-    ) -> str:
-        """The text to store (possibly censored), or a ``ChatError`` saying why not."""
+    ) -> Checked:
+        """The text to store (possibly censored) and its unique-chat claim, or a
+        ``ChatError`` saying why not.  The caller releases the claim (``release``) when it
+        does not store the message after all."""
         try:
             return await self._check(user, room, text, encrypted=encrypted, address=address)
         except ChatError:
             if client_msg_id is not None and self._replayed is not None:
                 if await self._replayed(room.id, user.user_id, client_msg_id) is not None:
-                    return text  # a retry of a stored message: the store returns the original
+                    return Checked(text)  # a retry of a stored message: the store returns the original
             raise
+
+    async def release(self, claim: UniqueClaim) -> None:
+        """Take back a unique-chat claim whose message was not stored (never raises)."""
+        try:
+            await self._recent.release(claim.key, claim.handle)
+        except Exception:
+            log.warning("could not release a unique-chat claim in %s", claim.key, exc_info=True)
 
     async def check_content(self, user: Principal, room: Room, text: str, *, encrypted: bool = False) -> str:
         """The rules about what a text may say, without the ones about how often: gating,
@@ -275,7 +302,7 @@ class MessageGuard:
             text = self._filter_profanity(text, modes)
         return text
 
-    async def _check(self, user: Principal, room: Room, text: str, *, encrypted: bool, address: str | None) -> str:
+    async def _check(self, user: Principal, room: Room, text: str, *, encrypted: bool, address: str | None) -> Checked:
         modes = RoomModes.of(room.settings)
         exempt = _Exemption(self._moderators, user, room, room.id)
         policy = self._policy
@@ -288,6 +315,7 @@ class MessageGuard:
         # (storage.redis_pipeline).  Unused if the message is refused before that rule.
         # The in-memory store is read when the rule runs (None here: no task per message).
         repeats = not encrypted and policy.moderation and policy.spam
+        claim: UniqueClaim | None = None
         own_recent = self._spam.prefetch_recent(user.user_id) if repeats else None
         try:
             await self._rate_limit("msg", user, address, exempt)
@@ -302,9 +330,14 @@ class MessageGuard:
                         if not await exempt():
                             raise
                 if modes.unique_chat:
-                    current = normalise(text)
-                    recent = await self._recent.recent(_unique_key(room.id), policy.unique_window_ms)
-                    if current in recent and not await exempt():
+                    # Look and remember in one atomic step: of two users posting the same
+                    # text at once (on any nodes), one gets it.  The claim is taken back if
+                    # the message is refused later or not stored.
+                    key = _unique_key(room.id)
+                    handle = await self._recent.claim(key, normalise(text), policy.unique_window_ms, policy.unique_history)
+                    if handle is not None:
+                        claim = UniqueClaim(key, handle)
+                    elif not await exempt():
                         raise MessageRejected("duplicate", "This message was posted in this room recently (unique chat)",
                                               details={"rule": "unique_chat", "window_ms": policy.unique_window_ms})
         finally:
@@ -317,11 +350,16 @@ class MessageGuard:
 
         slow_ms = modes.slow_mode_ms
         if slow_ms > 0 and not user.is_global_moderator:
-            decision = await self._limiter.hit([Limit(f"slow:{room.id}:{user.user_id}", 1, slow_ms)])
-            if not decision.allowed and not await exempt():
-                raise SlowMode(f"Slow mode: one message every {modes.slow_mode_seconds:g} s",
-                               retry_after_ms=decision.retry_after_ms, details={"slow_mode_seconds": modes.slow_mode_seconds})
-        return text
+            try:
+                decision = await self._limiter.hit([Limit(f"slow:{room.id}:{user.user_id}", 1, slow_ms)])
+                if not decision.allowed and not await exempt():
+                    raise SlowMode(f"Slow mode: one message every {modes.slow_mode_seconds:g} s",
+                                   retry_after_ms=decision.retry_after_ms, details={"slow_mode_seconds": modes.slow_mode_seconds})
+            except BaseException:
+                if claim is not None:
+                    await self.release(claim)
+                raise
+        return Checked(text, claim)
 
     def _filter_profanity(self, text: str, modes: RoomModes) -> str:
         flt = self._profanity(modes.blocked_terms, modes.allowed_terms)
@@ -349,8 +387,7 @@ class MessageGuard:
             policy = self._policy
             if policy.moderation and policy.spam:
                 await self._spam.remember(user.user_id, message.content)
-            if RoomModes.of(room.settings).unique_chat:
-                await self._recent.add(_unique_key(room.id), normalise(message.content), policy.unique_window_ms, policy.unique_history)
+            # A unique_chat room's texts are remembered when claimed (``check``).
         except Exception:
             log.warning("could not remember message %s for duplicate checks", message.message_id, exc_info=True)
 

@@ -21,6 +21,7 @@ Redis one in ``storage.recent_redis`` (shared by every node).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import time
@@ -165,6 +166,14 @@ class RecentStore(Protocol):
     async def recent(self, key: str, window_ms: int) -> list[str]: ...
     async def add(self, key: str, text: str, window_ms: int, keep: int) -> None: ...
 
+    async def claim(self, key: str, text: str, window_ms: int, keep: int) -> object | None:
+        """``add``, unless ``text`` is already among the key's texts of the window, as one
+        atomic step (of two nodes claiming the same text at once, one wins): a handle for
+        ``release``, or None when the text was there."""
+
+    async def release(self, key: str, claim: object) -> None:
+        """Take back a claim whose message was not stored after all."""
+
 
 class MemoryRecentStore:
     def __init__(self, clock: Callable[[], float] = time.time, *, max_keys: int = 100_000) -> None:
@@ -195,6 +204,18 @@ class MemoryRecentStore:
             items.popleft()
         if len(self._items) > self._max_keys:
             self._items = {k: v for k, v in self._items.items() if v[1] and v[1][-1][0] > now - v[0] / 1000}
+
+    async def claim(self, key: str, text: str, window_ms: int, keep: int) -> object | None:
+        if text in self.recent_now(key, window_ms):
+            return None  # nothing awaits between the look and the add: atomic on this node
+        await self.add(key, text, window_ms, keep)
+        return self._items[key][1][-1]  # the (time, text) entry just added
+
+    async def release(self, key: str, claim: object) -> None:
+        entry = self._items.get(key)
+        if entry is not None:
+            with contextlib.suppress(ValueError):
+                entry[1].remove(claim)  # type: ignore[arg-type]
 
 
 class SpamDetector:

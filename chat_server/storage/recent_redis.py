@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -33,6 +34,23 @@ return 1
 """
 
 
+# KEYS[1]: the set.  ARGV: now_ms, member, window_ms, keep, text.  ``_ADD`` unless a member
+# of the window already holds the text (members are ``<id>:<text>``): 0, else 1.
+_CLAIM = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local sep = string.find(member, ':', 1, true)
+  if sep and string.sub(member, sep + 1) == ARGV[5] then return 0 end
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[4]) + 1))
+redis.call('PEXPIRE', KEYS[1], window)
+return 1
+"""
+
+
 class RedisRecentStore:
     def __init__(self, redis: Redis, *, prefix: str, clock: Callable[[], float] = time.time,
                  pipeline: AutoPipeline | None = None) -> None:
@@ -41,6 +59,7 @@ class RedisRecentStore:
         self._clock = clock
         self._pipeline = pipeline
         self._add_sha = redis.register_script(_ADD).sha
+        self._claim = redis.register_script(_CLAIM)
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}:recent:{key}"
@@ -68,6 +87,26 @@ class RedisRecentStore:
             await pipe.execute()
 
 
+    async def claim(self, key: str, text: str, window_ms: int, keep: int) -> object | None:
+        now_ms = round(self._clock() * 1000)
+        member = f"{os.urandom(6).hex()}:{text}"
+        args: list[str | int] = [now_ms, member, window_ms, keep, text]
+        if self._pipeline is not None:
+            added = await self._pipeline.eval_script(_CLAIM, self._claim.sha, [self._key(key)], args)
+        else:
+            added = await self._claim(keys=[self._key(key)], args=args)
+        return member if int(added) else None
+
+    async def release(self, key: str, claim: object) -> None:
+        await self._redis.zrem(self._key(key), str(claim))
+
+
+@dataclass(frozen=True)
+class _Claim:
+    shared: object | None  # Redis's claim (None: made while Redis failed)
+    local: object | None  # the fallback's copy, for an outage later in the window
+
+
 class FailSoftRecentStore:
     """The Redis store, falling back to a node-local one while Redis fails (duplicate
     checks then only see this node's recent messages)."""
@@ -90,3 +129,25 @@ class FailSoftRecentStore:
             await self._primary.add(key, text, window_ms, keep)
         except RedisError as exc:
             self._outage.failed("remembering a message", exc)
+
+    async def claim(self, key: str, text: str, window_ms: int, keep: int) -> object | None:
+        try:
+            shared = await self._primary.claim(key, text, window_ms, keep)
+        except RedisError as exc:
+            self._outage.failed("duplicate check", exc)
+            local = await self._fallback.claim(key, text, window_ms, keep)
+            return None if local is None else _Claim(None, local)
+        if shared is None:
+            return None
+        return _Claim(shared, await self._fallback.claim(key, text, window_ms, keep))
+
+    async def release(self, key: str, claim: object) -> None:
+        if not isinstance(claim, _Claim):
+            return
+        if claim.local is not None:
+            await self._fallback.release(key, claim.local)
+        if claim.shared is not None:
+            try:
+                await self._primary.release(key, claim.shared)
+            except RedisError as exc:
+                self._outage.failed("releasing a duplicate claim", exc)

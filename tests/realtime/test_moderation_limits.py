@@ -7,6 +7,7 @@ Nothing here sleeps: windows are long and the tests check ``retry_after_ms`` ins
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -172,6 +173,27 @@ async def test_unique_chat(node: Node, connect: Any) -> None:
     assert (await send(alice, room, "What a goal!"))["ok"]
     assert_refused(await send(bob, room, "what a GOAL"), "message_rejected", "duplicate", "unique_chat")
     assert (await send(bob, room, "what a save"))["ok"]
+
+
+async def test_unique_chat_lets_one_of_simultaneous_equal_messages_through_across_nodes(start_node: Any, connect: Any) -> None:
+    first, second = await start_node(redis_url=REDIS_URL), await start_node(redis_url=REDIS_URL)
+    room = await make_room(first, unique_chat=True)
+    clients = [await joined(await connect(unique(f"fan{i}"), url=(first, second)[i % 2].url), room) for i in range(6)]
+    acks = await asyncio.gather(*(send(c, room, "GOOOAL!") for c in clients))
+    assert sum(a["ok"] for a in acks) == 1, acks
+    for ack in acks:
+        if not ack["ok"]:
+            assert_refused(ack, "message_rejected", "duplicate", "unique_chat")
+
+
+async def test_unique_chat_forgets_a_text_whose_message_was_not_stored(node: Node, connect: Any) -> None:
+    room = await make_room(node, unique_chat=True)
+    alice = await joined(await connect(unique("alice")), room)
+    bob = await joined(await connect(unique("bob")), room)
+    refused = await alice.call("send_message", {"room_id": room, "content": "nice one", "reply_to": "no-such-message"})
+    assert refused["ok"] is False and refused["error"]["code"] == "validation_error", refused
+    assert (await send(bob, room, "Nice one!"))["ok"]  # Alice's text was never posted
+    assert_refused(await send(alice, room, "nice one"), "message_rejected", "duplicate", "unique_chat")
 
 
 async def test_gating_by_role_or_claim(node: Node, connect: Any) -> None:

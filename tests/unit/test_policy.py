@@ -10,7 +10,7 @@ import pytest
 
 from chat_server import errors
 from chat_server.domain import Message, Principal, Room
-from chat_server.services.policy import GuardPolicy, MessageGuard, RoomModes, is_emoji_only
+from chat_server.services.policy import Checked, GuardPolicy, MessageGuard, RoomModes, is_emoji_only
 from chat_server.services.ratelimit import MemoryRateLimitStore
 from chat_server.services.spam import MemoryRecentStore, SpamDetector, SpamRules
 from tests.conftest import FakeClock
@@ -62,7 +62,7 @@ class World:
     async def send(self, user: Principal, text: str, the_room: Room | None = None, **kwargs: Any) -> str:
         """check, then remember as stored (what MessageService.send does)."""
         target = the_room or room()
-        result = await self.guard.check(user, target, text, **kwargs)
+        result = (await self.guard.check(user, target, text, **kwargs)).text
         message = Message("m", target.id, 1, user.user_id, user.username, None, result, None,
                           "encrypted" if kwargs.get("encrypted") else "text", NOW)
         await self.guard.accepted(user, target, message)
@@ -288,8 +288,31 @@ async def test_a_retry_of_a_stored_message_is_let_through() -> None:
     slow = room(slow_mode_seconds=60, unique_chat=True)
     await w.send(ALICE, "hello there", slow, client_msg_id="cid-1")
     # The same client_msg_id again (the ack was lost): not slow mode, not a duplicate.
-    assert await w.guard.check(ALICE, slow, "hello there", client_msg_id="cid-1") == "hello there"
+    assert await w.guard.check(ALICE, slow, "hello there", client_msg_id="cid-1") == Checked("hello there")  # no claim
     assert isinstance(await refused(w.guard.check(ALICE, slow, "hello there", client_msg_id="cid-2")), errors.ChatError)
+
+
+async def test_unique_chat_claims_a_text_at_once_and_a_released_claim_frees_it() -> None:
+    """Two users sending the same text at the same moment: the first check holds it
+    before either message is stored (the look and the hold are one step), and a message
+    refused or not stored later gives it back."""
+    w = World()
+    unique = room(unique_chat=True)
+    first = await w.guard.check(ALICE, unique, "same words")
+    assert first.claim is not None
+    error = await refused(w.guard.check(BOB, unique, "Same words!"))  # nothing stored yet
+    assert isinstance(error, errors.MessageRejected) and error.details["rule"] == "unique_chat"
+    await w.guard.release(first.claim)  # e.g. the insert failed
+    again = await w.guard.check(BOB, unique, "same words")
+    assert again.claim is not None and again.text == "same words"
+
+
+async def test_a_message_refused_by_slow_mode_gives_its_unique_claim_back() -> None:
+    w = World()
+    strict = room(unique_chat=True, slow_mode_seconds=60)
+    await w.send(ALICE, "first words", strict)
+    assert isinstance(await refused(w.send(ALICE, "second words", strict)), errors.SlowMode)
+    await w.send(BOB, "second words", strict)  # Alice's refused text did not keep it
 
 
 def test_room_modes_are_read_tolerantly() -> None:

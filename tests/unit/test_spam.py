@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -225,6 +226,28 @@ async def test_recent_store_keeps_the_newest_within_the_window(make_recent: Call
     assert sorted(await first.recent("k", 10_000)) == ["three: with a colon", "two", "two"]  # "one" was past `keep`
     clock.advance(1)
     assert await first.recent("k", 10_000) == []
+
+
+async def test_recent_store_claims_a_text_once_within_the_window(make_recent: Callable[[], RecentStore], clock: FakeClock) -> None:
+    first, second = make_recent(), make_recent()
+    claim = await first.claim("room", "same: words", 10_000, 3)
+    assert claim is not None
+    assert await second.claim("room", "same: words", 10_000, 3) is None  # held, on any node
+    assert await second.claim("room", "words", 10_000, 3) is not None  # only the whole text counts
+    assert await first.claim("other", "same: words", 10_000, 3) is not None  # per key
+    assert "same: words" in await second.recent("room", 10_000)  # a claim is a remembered text
+    await first.release("room", claim)
+    assert "same: words" not in await second.recent("room", 10_000)
+    again = await second.claim("room", "same: words", 10_000, 3)
+    assert again is not None
+    clock.advance(10)  # the window has passed
+    assert await first.claim("room", "same: words", 10_000, 3) is not None
+
+
+async def test_concurrent_claims_of_one_text_give_it_to_one(make_recent: Callable[[], RecentStore]) -> None:
+    stores = [make_recent() for _ in range(8)]
+    claims = await asyncio.gather(*(store.claim("room", "first!", 60_000, 100) for store in stores))
+    assert sum(c is not None for c in claims) == 1
 
 
 def test_normalise_equals_its_definition_on_many_texts() -> None:
