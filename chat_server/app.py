@@ -273,13 +273,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         while True:
             await asyncio.sleep(settings.presence_ttl_s / 3)
             try:
-                await presence.refresh(registry.presence_entries())
+                await sessions.keep_presence()
             except Exception:
                 log.exception("presence heartbeat failed")
-            try:
-                await sessions.announce_departed()
-            except Exception:
-                log.exception("presence sweep failed")
 
     async def become_ready() -> None:
         # Wait for PostgreSQL (and bring the schema up to date) without blocking the

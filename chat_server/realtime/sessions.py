@@ -105,6 +105,24 @@ class ChatSessions:
         except Exception:
             log.exception("presence cleanup of %s failed", conn.conn_id)
 
+    async def keep_presence(self) -> None:
+        """The presence heartbeat: keep this node's connections alive in the shared store;
+        put back those another node took for gone (this node stalled past the TTL, and
+        their departure was announced: their return is announced too); then announce the
+        departures of dead nodes' users."""
+        gone = await self._presence.refresh(self._registry.presence_entries())
+        if gone:
+            held = {conn.conn_id: conn for conn in self._registry}
+            for entry in gone:
+                conn = held.get(entry.conn_id)
+                if conn is None or (entry.room_id != GLOBAL and entry.room_id not in conn.rooms):
+                    continue  # disconnected or left meanwhile: rightly gone
+                first = await self._presence.add(entry.room_id, conn.user.public(), conn.conn_id)
+                if first and entry.room_id != GLOBAL and not await self._is_big(entry.room_id, fresh=True):
+                    await self._broadcaster.user_joined(entry.room_id, conn.user.public())
+                    await self._broadcaster.presence(conn.user.user_id, "online", [entry.room_id])
+        await self.announce_departed()
+
     async def announce_departed(self) -> int:
         """Announce ``user_left`` (and ``presence`` offline) for users whose node died
         without removing them: their connections expired in the shared presence store.

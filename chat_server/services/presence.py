@@ -31,8 +31,9 @@ class PresenceStore(Protocol):
     async def remove(self, room_id: str, user_id: str, conn_id: str) -> bool:
         """Unregister a connection; True when it was the user's last live one."""
 
-    async def refresh(self, connections: Iterable[Connection]) -> None:
-        """Extend the expiry of connections this node still holds (heartbeat)."""
+    async def refresh(self, connections: Iterable[Connection]) -> list[Connection]:
+        """Extend the expiry of connections this node still holds (heartbeat); returns those
+        the store no longer has (removed meanwhile, or swept while this node stalled)."""
 
     async def online(self, room_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """Public info of online users (at most ``limit``)."""
@@ -90,12 +91,16 @@ class MemoryPresenceStore:
             self._info.pop(room_id, None)
         return True
 
-    async def refresh(self, connections: Iterable[Connection]) -> None:
+    async def refresh(self, connections: Iterable[Connection]) -> list[Connection]:
         expiry = self._clock() + self._ttl
+        gone: list[Connection] = []
         for c in connections:
             conns = self._conns.get(c.room_id, {}).get(c.user_id)
             if conns is not None and c.conn_id in conns:
                 conns[c.conn_id] = expiry
+            else:
+                gone.append(c)
+        return gone
 
     def _online_ids(self, room_id: str) -> list[str]:
         return [u for u in list(self._conns.get(room_id, {})) if self._live(room_id, u)]

@@ -148,17 +148,18 @@ class RedisPresenceStore:
                                     args=[user_id, conn_id, self._now_ms(), self._due_member(room_id, user_id)])
         return bool(int(result))
 
-    async def refresh(self, connections: Iterable[Connection]) -> None:
+    async def refresh(self, connections: Iterable[Connection]) -> list[Connection]:
         expiry = self._now_ms() + self._ttl_ms
+        entries = list(connections)
+        if not entries:
+            return []
         async with self._redis.pipeline(transaction=False) as pipe:
-            queued = 0
-            for c in connections:
+            for c in entries:
                 await self._refresh(keys=self._keys(c.room_id, c.user_id),
                                     args=[c.user_id, c.conn_id, expiry, self._ttl_ms * 4, self._due_member(c.room_id, c.user_id)],
                                     client=pipe)
-                queued += 1
-            if queued:
-                await pipe.execute()
+            results = await pipe.execute()
+        return [c for c, refreshed in zip(entries, results, strict=True) if not int(refreshed)]
 
     async def online(self, room_id: str, limit: int = 100) -> list[dict[str, Any]]:
         users_key, _, info_key, _ = self._keys(room_id, "")

@@ -77,7 +77,7 @@ class FailSoftPresence:
             self._outage.failed("presence remove", exc)
             return local_last
 
-    async def refresh(self, connections: Iterable[Connection]) -> None:
+    async def refresh(self, connections: Iterable[Connection]) -> list[Connection]:
         entries = list(connections)
         await self._mirror.refresh(entries)
         try:
@@ -90,10 +90,11 @@ class FailSoftPresence:
                         await self._primary.add(c.room_id, info, c.conn_id)
                 self._degraded = False
                 log.info("Redis (presence) is back; re-registered %d connection entries", len(entries))
-            await self._primary.refresh(entries)
+            return await self._primary.refresh(entries)
         except RedisError as exc:
             self._degraded = True
             self._outage.failed("presence heartbeat", exc)
+            return []
 
     async def online(self, room_id: str, limit: int = 100) -> list[dict[str, Any]]:
         try:

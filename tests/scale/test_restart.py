@@ -5,6 +5,7 @@ lost or duplicated."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
 
@@ -133,28 +134,59 @@ async def test_node_stopped_under_load_loses_nothing(how, spawn_server, database
 async def test_users_of_a_killed_node_are_announced_as_left(spawn_server):
     """A node that dies cannot say goodbye for its users: once their presence expires the
     surviving node announces user_left and presence offline, once, and stops listing them."""
-    env = {"REDIS_URL": REDIS_URL, "PRESENCE_TTL_MS": "1500"}
+    env = {"REDIS_URL": REDIS_URL, "PRESENCE_TTL_MS": "1500", **LOAD_LIMITS}
     doomed = await spawn_server(**env)
     survivor = await spawn_server(**env)
     room = unique()
-    alice = await ChatClient(doomed.url, make_token("alice")).connect()
-    carol = await ChatClient(survivor.url, make_token("carol")).connect()
-    dave = await ChatClient(survivor.url, make_token("dave")).connect()
+    a, c, d = unique("alice"), unique("carol"), unique("dave")
+    alice = await ChatClient(doomed.url, make_token(a)).connect()
+    carol = await ChatClient(survivor.url, make_token(c)).connect()
+    dave = await ChatClient(survivor.url, make_token(d)).connect()
     try:
-        for c in (alice, carol, dave):
-            assert (await c.call("join_room", {"room_id": room}))["ok"]
-        await carol.wait_for("user_joined", lambda e: e["user_id"] == "dave")
+        for client in (alice, carol, dave):
+            assert (await client.call("join_room", {"room_id": room}))["ok"]
+        await carol.wait_for("user_joined", lambda e: e["user_id"] == d)
         await asyncio.sleep(2.0)  # longer than the TTL: the survivor's heartbeat keeps its own users
         assert "user_left" not in carol.events
         doomed.kill()
-        left = await carol.wait_for("user_left", lambda e: e["user_id"] == "alice", timeout=6)
-        assert left["room_id"] == room and left["username"] == "alice"
-        offline = await carol.wait_for("presence", lambda e: e["user_id"] == "alice" and e["status"] == "offline")
-        assert offline == {"user_id": "alice", "status": "offline"}
+        left = await carol.wait_for("user_left", lambda e: e["user_id"] == a, timeout=6)
+        assert left["room_id"] == room and left["username"] == a
+        offline = await carol.wait_for("presence", lambda e: e["user_id"] == a and e["status"] == "offline")
+        assert offline == {"user_id": a, "status": "offline"}
         await asyncio.sleep(1.5)  # further sweeps announce nothing more
-        assert [e["user_id"] for e in carol.events["user_left"]] == ["alice"]
+        assert [e["user_id"] for e in carol.events["user_left"]] == [a]
         ack = await dave.call("join_room", {"room_id": room})
-        assert sorted(u["user_id"] for u in ack["online_users"]) == ["carol", "dave"]
+        assert sorted(u["user_id"] for u in ack["online_users"]) == sorted([c, d])
     finally:
-        for c in (alice, carol, dave):
-            await c.disconnect()
+        for client in (alice, carol, dave):
+            await client.disconnect()
+
+
+async def test_a_stalled_node_puts_its_users_back_after_they_were_announced_as_left(spawn_server):
+    """A node frozen past the presence TTL looks dead to the others (they announce its users
+    as left); when it runs again its heartbeat puts them back and announces them again."""
+    env = {"REDIS_URL": REDIS_URL, "PRESENCE_TTL_MS": "1500", **LOAD_LIMITS}
+    frozen = await spawn_server(**env)
+    survivor = await spawn_server(**env)
+    room = unique()
+    a, c = unique("alice"), unique("carol")
+    alice = await ChatClient(frozen.url, make_token(a)).connect()
+    carol = await ChatClient(survivor.url, make_token(c)).connect()
+    try:
+        for client in (carol, alice):
+            assert (await client.call("join_room", {"room_id": room}))["ok"]
+        joined = await carol.wait_for("user_joined", lambda e: e["user_id"] == a)
+        frozen.proc.send_signal(signal.SIGSTOP)
+        try:
+            await carol.wait_for("user_left", lambda e: e["user_id"] == a, timeout=6)
+        finally:
+            frozen.proc.send_signal(signal.SIGCONT)
+        back = await carol.wait_for("user_joined", lambda e: e["user_id"] == a and e is not joined, timeout=6)
+        assert back["room_id"] == room
+        ack = await carol.call("join_room", {"room_id": room})
+        assert sorted(u["user_id"] for u in ack["online_users"]) == sorted([a, c])
+        sent = await alice.call("send_message", {"room_id": room, "content": "still here"})
+        assert sent["ok"], sent  # alice's connection lived through it
+    finally:
+        for client in (alice, carol):
+            await client.disconnect()

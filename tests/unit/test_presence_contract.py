@@ -156,8 +156,8 @@ async def test_refresh_keeps_entries_alive(store, clock):
 
 
 async def test_refresh_of_unknown_connection_does_not_make_anyone_online(store, clock):
-    await store.refresh([])
-    await store.refresh([Connection(ROOM, "ghost", "g1")])
+    assert await store.refresh([]) == []
+    assert await store.refresh([Connection(ROOM, "ghost", "g1")]) == [Connection(ROOM, "ghost", "g1")]  # reported gone
     assert await store.is_online(ROOM, "ghost") is False
     assert await store.count(ROOM) == 0
 
@@ -166,9 +166,11 @@ async def test_heartbeat_racing_a_disconnect_does_not_resurrect(store):
     # The heartbeat took its list of connections just before this one went away.
     await store.add(ROOM, user("alice"), "c1")
     assert await store.remove(ROOM, "alice", "c1") is True
-    await store.refresh([Connection(ROOM, "alice", "c1")])
+    await store.add(ROOM, user("bob"), "c9")
+    gone = await store.refresh([Connection(ROOM, "alice", "c1"), Connection(ROOM, "bob", "c9")])
+    assert gone == [Connection(ROOM, "alice", "c1")]  # the caller decides: here it was removed
     assert await store.is_online(ROOM, "alice") is False
-    assert await store.count(ROOM) == 0
+    assert await store.count(ROOM) == 1  # bob
     assert await store.add(ROOM, user("alice"), "c2") is True  # user_joined is not lost
 
 
@@ -201,8 +203,8 @@ async def test_sweep_hands_a_dead_nodes_users_to_one_node_once(make_store, clock
         ("other-room", "alice", "Alice"), (ROOM, "alice", "Alice")]
     assert await node_a.sweep() == [] and await node_b.sweep() == []
     assert sorted(u["user_id"] for u in await node_b.online(ROOM)) == ["bob", "carol"]
-    # The dead node's heartbeat, had it one left, brings nobody back; a new tab is first.
-    await node_a.refresh([Connection(ROOM, "alice", "a1")])
+    # A late heartbeat of that node brings nobody back by itself: it learns what is gone.
+    assert await node_a.refresh([Connection(ROOM, "alice", "a1")]) == [Connection(ROOM, "alice", "a1")]
     assert await node_b.is_online(ROOM, "alice") is False
     assert await node_b.add(ROOM, user("alice"), "b3") is True
 
