@@ -116,15 +116,18 @@ class MemoryPresenceStore:
         return bool(self._live(room_id, user_id))
 
     async def sweep(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        # Runs on every heartbeat over every entry of the node: a max per user, no list
+        # built (a single node's own entries are refreshed before, so usually none is due).
+        now = self._clock()
         departed: list[tuple[str, dict[str, Any]]] = []
         for room_id, users in list(self._conns.items()):
-            for user_id in list(users):
+            due = [user_id for user_id, conns in users.items() if not conns or max(conns.values()) <= now]
+            for user_id in due:
                 if len(departed) >= limit:
                     return departed
-                if not self._live(room_id, user_id):
-                    del users[user_id]
-                    info = self._info.get(room_id, {}).pop(user_id, None) or {"user_id": user_id, "username": user_id, "avatar": None}
-                    departed.append((room_id, dict(info)))
+                del users[user_id]
+                info = self._info.get(room_id, {}).pop(user_id, None) or {"user_id": user_id, "username": user_id, "avatar": None}
+                departed.append((room_id, dict(info)))
             if not users:
                 self._conns.pop(room_id, None)
                 self._info.pop(room_id, None)
