@@ -117,29 +117,35 @@ class ChatSessions:
                 conn = held.get(entry.conn_id)
                 if conn is None or (entry.room_id != GLOBAL and entry.room_id not in conn.rooms):
                     continue  # disconnected or left meanwhile: rightly gone
-                first = await self._presence.add(entry.room_id, conn.user.public(), conn.conn_id)
-                if first and entry.room_id != GLOBAL and not await self._is_big(entry.room_id, fresh=True):
-                    await self._broadcaster.user_joined(entry.room_id, conn.user.public())
-                    await self._broadcaster.presence(conn.user.user_id, "online", [entry.room_id])
+                if await self._presence.add(entry.room_id, conn.user.public(), conn.conn_id) and entry.room_id != GLOBAL:
+                    await self._arrived(entry.room_id, conn.user.public())
         await self.announce_departed()
 
-    async def announce_departed(self) -> int:
+    async def announce_departed(self) -> None:
         """Announce ``user_left`` (and ``presence`` offline) for users whose node died
         without removing them: their connections expired in the shared presence store.
-        The store hands each to exactly one node; returns how many this node announced."""
-        departed = await self._presence.sweep()
-        for room_id, user in departed:
+        The store hands each to exactly one node."""
+        for room_id, user in await self._presence.sweep():
             if room_id == GLOBAL or "user_id" not in user:
                 continue
             try:
-                if not await self._is_big(room_id, fresh=True):
-                    await self._broadcaster.user_left(room_id, user)
-                    await self._broadcaster.presence(user["user_id"], "offline", [room_id])
-                else:
-                    self._broadcaster.room_activity(room_id)
+                await self._departed(room_id, user)
             except Exception:
                 log.exception("announcing that %s left %s failed", user.get("user_id"), room_id)
-        return len(departed)
+
+    async def _arrived(self, room_id: str, user: dict[str, Any]) -> None:
+        """A user's first connection is in the room: tell it (not in big rooms)."""
+        if not await self._is_big(room_id, fresh=True):
+            await self._broadcaster.user_joined(room_id, user)
+            await self._broadcaster.presence(user["user_id"], "online", [room_id])
+
+    async def _departed(self, room_id: str, user: dict[str, Any]) -> None:
+        """A user's last connection left the room: tell it (big rooms: only their stats)."""
+        if not await self._is_big(room_id, fresh=True):
+            await self._broadcaster.user_left(room_id, user)
+            await self._broadcaster.presence(user["user_id"], "offline", [room_id])
+        else:
+            self._broadcaster.room_activity(room_id)
 
     # --- rooms ---------------------------------------------------------------------------
 
@@ -173,10 +179,8 @@ class ChatSessions:
             raise
         if room.id not in conn.rooms:
             conn.rooms.add(room.id)
-            first = await self._presence.add(room.id, conn.user.public(), conn.conn_id)
-            if first and not await self._is_big(room.id, fresh=True):
-                await self._broadcaster.user_joined(room.id, conn.user.public())
-                await self._broadcaster.presence(conn.user.user_id, "online", [room.id])
+            if await self._presence.add(room.id, conn.user.public(), conn.conn_id):
+                await self._arrived(room.id, conn.user.public())
         self._broadcaster.room_activity(room.id)
         online = await self._presence.online(room.id, limit=ONLINE_LIST_LIMIT)
         return {
@@ -196,9 +200,8 @@ class ChatSessions:
         conn.rooms.discard(room_id)
         await conn.transport.leave(conn, room_id)
         await self._stop_typing(conn, room_id)
-        if await self._presence.remove(room_id, conn.user.user_id, conn.conn_id) and not await self._is_big(room_id, fresh=True):
-            await self._broadcaster.user_left(room_id, conn.user.public())
-            await self._broadcaster.presence(conn.user.user_id, "offline", [room_id])
+        if await self._presence.remove(room_id, conn.user.user_id, conn.conn_id):
+            await self._departed(room_id, conn.user.public())
         else:
             self._broadcaster.room_activity(room_id)
 

@@ -17,6 +17,11 @@ from typing import Any, Protocol
 GLOBAL = "*"  # pseudo-room: presence across the whole service (for `presence` events)
 
 
+def public_info_of(user_id: str) -> dict[str, Any]:
+    """What a departure is announced with when the user's stored public info is gone."""
+    return {"user_id": user_id, "username": user_id, "avatar": None}
+
+
 @dataclass(frozen=True)
 class Connection:
     room_id: str
@@ -116,8 +121,9 @@ class MemoryPresenceStore:
         return bool(self._live(room_id, user_id))
 
     async def sweep(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
-        # Runs on every heartbeat over every entry of the node: a max per user, no list
-        # built (a single node's own entries are refreshed before, so usually none is due).
+        # Runs on every heartbeat over every entry of the node: the newest expiry per user,
+        # without pruning each user's list (a single node refreshed its own entries just
+        # before, so usually none is due).
         now = self._clock()
         departed: list[tuple[str, dict[str, Any]]] = []
         for room_id, users in list(self._conns.items()):
@@ -126,7 +132,7 @@ class MemoryPresenceStore:
                 if len(departed) >= limit:
                     return departed
                 del users[user_id]
-                info = self._info.get(room_id, {}).pop(user_id, None) or {"user_id": user_id, "username": user_id, "avatar": None}
+                info = self._info.get(room_id, {}).pop(user_id, None) or public_info_of(user_id)
                 departed.append((room_id, dict(info)))
             if not users:
                 self._conns.pop(room_id, None)

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from ..services.presence import Connection
+from ..services.presence import Connection, public_info_of
 
 _ADD = """
 local now = tonumber(ARGV[4])
@@ -184,5 +184,5 @@ class RedisPresenceStore:
             info = await self._sweep(keys=self._keys(room_id, user_id), args=[user_id, member, now])
             if info is None:
                 continue  # still live, or not ours to announce
-            departed.append((room_id, json.loads(info) if info else {"user_id": user_id, "username": user_id, "avatar": None}))
+            departed.append((room_id, json.loads(info) if info else public_info_of(user_id)))
         return departed
