@@ -34,21 +34,20 @@ return 1
 """
 
 
-# KEYS[1]: the set.  ARGV: now_ms, member, window_ms, keep, text.  ``_ADD`` unless a member
-# of the window already holds the text (members are ``<id>:<text>``): 0, else 1.
+# KEYS[1]: the set.  ARGV: as ``_ADD``'s, then the text.  ``_ADD`` unless a member of the
+# window already holds the text (members are ``<id>:<text>``): 0, else ``_ADD``'s 1.
 _CLAIM = """
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[3]))
 for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local sep = string.find(member, ':', 1, true)
   if sep and string.sub(member, sep + 1) == ARGV[5] then return 0 end
 end
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[4]) + 1))
-redis.call('PEXPIRE', KEYS[1], window)
-return 1
-"""
+""" + _ADD
+
+
+def _member(text: str) -> str:
+    """A set member for ``text``: a random id keeps equal texts apart."""
+    return f"{os.urandom(6).hex()}:{text}"
 
 
 class RedisRecentStore:
@@ -77,19 +76,18 @@ class RedisRecentStore:
         now_ms = round(self._clock() * 1000)
         name = self._key(key)
         if self._pipeline is not None:
-            await self._pipeline.eval_script(_ADD, self._add_sha, [name], [now_ms, f"{os.urandom(6).hex()}:{text}", window_ms, keep])
+            await self._pipeline.eval_script(_ADD, self._add_sha, [name], [now_ms, _member(text), window_ms, keep])
             return
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(name, {f"{os.urandom(6).hex()}:{text}": now_ms})
+            pipe.zadd(name, {_member(text): now_ms})
             pipe.zremrangebyscore(name, "-inf", now_ms - window_ms)
             pipe.zremrangebyrank(name, 0, -(keep + 1))
             pipe.pexpire(name, window_ms)
             await pipe.execute()
 
-
     async def claim(self, key: str, text: str, window_ms: int, keep: int) -> object | None:
         now_ms = round(self._clock() * 1000)
-        member = f"{os.urandom(6).hex()}:{text}"
+        member = _member(text)
         args: list[str | int] = [now_ms, member, window_ms, keep, text]
         if self._pipeline is not None:
             added = await self._pipeline.eval_script(_CLAIM, self._claim.sha, [self._key(key)], args)
