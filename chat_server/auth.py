@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ class _Verified:
 
 
 class TokenVerifier:
-    def __init__(self, settings: Settings, *, kept: int = VERIFIED_TOKENS_KEPT, clock: Any = time.time) -> None:
+    def __init__(self, settings: Settings, *, kept: int = VERIFIED_TOKENS_KEPT, clock: Callable[[], float] = time.time) -> None:
         self._algorithm = settings.jwt_algorithm
         self._key: Any = settings.jwt_secret if self._algorithm == "HS256" else settings.jwt_public_key
         self._issuer = settings.jwt_issuer
