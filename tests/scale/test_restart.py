@@ -131,20 +131,27 @@ async def test_node_stopped_under_load_loses_nothing(how, spawn_server, database
         await bob.disconnect()
 
 
+# Two nodes whose users count as gone 1.5 s after their node's last heartbeat.
+SHORT_PRESENCE = {"REDIS_URL": REDIS_URL, "PRESENCE_TTL_MS": "1500", **LOAD_LIMITS}
+
+
+async def in_room(url: str, user: str, room: str) -> ChatClient:
+    client = await ChatClient(url, make_token(user)).connect()
+    assert (await client.call("join_room", {"room_id": room}))["ok"]
+    return client
+
+
 async def test_users_of_a_killed_node_are_announced_as_left(spawn_server):
     """A node that dies cannot say goodbye for its users: once their presence expires the
     surviving node announces user_left and presence offline, once, and stops listing them."""
-    env = {"REDIS_URL": REDIS_URL, "PRESENCE_TTL_MS": "1500", **LOAD_LIMITS}
-    doomed = await spawn_server(**env)
-    survivor = await spawn_server(**env)
+    doomed = await spawn_server(**SHORT_PRESENCE)
+    survivor = await spawn_server(**SHORT_PRESENCE)
     room = unique()
     a, c, d = unique("alice"), unique("carol"), unique("dave")
-    alice = await ChatClient(doomed.url, make_token(a)).connect()
-    carol = await ChatClient(survivor.url, make_token(c)).connect()
-    dave = await ChatClient(survivor.url, make_token(d)).connect()
+    alice = await in_room(doomed.url, a, room)
+    carol = await in_room(survivor.url, c, room)
+    dave = await in_room(survivor.url, d, room)
     try:
-        for client in (alice, carol, dave):
-            assert (await client.call("join_room", {"room_id": room}))["ok"]
         await carol.wait_for("user_joined", lambda e: e["user_id"] == d)
         await asyncio.sleep(2.0)  # longer than the TTL: the survivor's heartbeat keeps its own users
         assert "user_left" not in carol.events
@@ -165,16 +172,13 @@ async def test_users_of_a_killed_node_are_announced_as_left(spawn_server):
 async def test_a_stalled_node_puts_its_users_back_after_they_were_announced_as_left(spawn_server):
     """A node frozen past the presence TTL looks dead to the others (they announce its users
     as left); when it runs again its heartbeat puts them back and announces them again."""
-    env = {"REDIS_URL": REDIS_URL, "PRESENCE_TTL_MS": "1500", **LOAD_LIMITS}
-    frozen = await spawn_server(**env)
-    survivor = await spawn_server(**env)
+    frozen = await spawn_server(**SHORT_PRESENCE)
+    survivor = await spawn_server(**SHORT_PRESENCE)
     room = unique()
     a, c = unique("alice"), unique("carol")
-    alice = await ChatClient(frozen.url, make_token(a)).connect()
-    carol = await ChatClient(survivor.url, make_token(c)).connect()
+    carol = await in_room(survivor.url, c, room)
+    alice = await in_room(frozen.url, a, room)
     try:
-        for client in (carol, alice):
-            assert (await client.call("join_room", {"room_id": room}))["ok"]
         joined = await carol.wait_for("user_joined", lambda e: e["user_id"] == a)
         frozen.proc.send_signal(signal.SIGSTOP)
         try:
