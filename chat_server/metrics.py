@@ -59,6 +59,8 @@ class _FanoutCollector(Collector):
         yield CounterMetricFamily("chat_fanout_broadcasts", "Broadcasts encoded once by the fast fan-out path", value=stats.broadcasts)
         yield CounterMetricFamily("chat_fanout_direct_packets", "Other Socket.IO packets (acks, pings, calls) written straight to the WebSocket",
                                   value=stats.direct_packets)
+        yield CounterMetricFamily("chat_direct_events", "Socket.IO events of WebSocket clients read and dispatched without the "
+                                  "library's per-packet layers (the rest take the stock path)", value=stats.direct_events)
         yield CounterMetricFamily("chat_fanout_writes", "Writes to WebSocket transports by the fast path (most often one send system "
                                   "call each; fewer writes than deliveries and packets means frames shared writes)", value=stats.writes)
         yield CounterMetricFamily("chat_fanout_slow_disconnects", "Clients dropped because their unsent bytes passed SLOW_CLIENT_BUFFER_BYTES",

@@ -176,6 +176,7 @@ class FanoutStats:
     direct_deliveries: int = 0  # broadcast frames written straight to a WebSocket
     queued_deliveries: int = 0  # broadcast packets that took the stock path (polling, upgrading ...)
     direct_packets: int = 0  # other packets (acks, CONNECT, pings, calls) written straight
+    direct_events: int = 0  # client events dispatched without the library's layers (realtime/direct_events.py)
     stock_broadcasts: int = 0  # broadcasts the fast path handed to the library (callback, binary)
     slow_disconnects: int = 0  # clients dropped for an unsent buffer over the bound
     writes: int = 0  # transport writes of the direct path (a send system call each, most often)
@@ -200,6 +201,18 @@ class DirectSocket(AsyncSocket):
         if not await self.check_ping_timeout():  # as the stock send: a timed-out client is closed
             return
         direct.write_message(pkt.encode())
+        direct.stats.direct_packets += 1
+
+    async def send_message(self, text: str) -> None:
+        """Send an Engine.IO MESSAGE carrying ``text``: what ``server.send_packet(sid,
+        Packet(MESSAGE, text))`` does, without building the packet when writes are direct."""
+        direct = self._direct
+        if direct is None or self.closed:
+            await self.server.send_packet(self.sid, eio_packet.Packet(eio_packet.MESSAGE, data=text))
+            return
+        if not await self.check_ping_timeout():
+            return
+        direct.write_message("4" + text)  # the MESSAGE packet's encoding
         direct.stats.direct_packets += 1
 
     async def poll(self) -> list[eio_packet.Packet]:

@@ -27,7 +27,8 @@ goes to ``engineio.AsyncServer.handle_request`` unchanged.  Serving one:
    are written, and bytes aiohttp had read past the request head are fed to the reader;
 4. from then on ``LeanWebSocket`` reads frames itself (``rfc6455.FrameReader``) and hands
    each message to ``socket.receive`` in order, one at a time (a task exists only while
-   messages wait), as Engine.IO's reader loop did; it writes through the fast fan-out's
+   messages wait), as Engine.IO's reader loop did; Socket.IO events go straight to their
+   handler where ``direct_events.DirectEvents`` takes them; it writes through the fast fan-out's
    direct path (it is a ``DirectWebSocket``), so every packet keeps its order as before.
    Pings run on a timer per socket (``LeanSocket.schedule_ping``); a client that does not
    answer one within ``ping_timeout`` is closed, as Engine.IO's checks would.
@@ -77,6 +78,7 @@ from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
 
+from .direct_events import DirectEvents, missing_internals
 from .fanout import DirectSocket, DirectWebSocket, FastFanout, missing_source_markers, ws_frame
 from .rfc6455 import (
     CLOSE_NORMAL,
@@ -196,13 +198,15 @@ class LeanWebSocket(DirectWebSocket, asyncio.Protocol):
     """The connection's protocol once taken from aiohttp, and the socket's WebSocket for the
     fast fan-out (``FastFanout`` and ``DirectWebSocket`` write its frames)."""
 
-    def __init__(self, socket: LeanSocket, transport: asyncio.Transport, *, fanout: FastFanout, max_size: int) -> None:
+    def __init__(self, socket: LeanSocket, transport: asyncio.Transport, *, fanout: FastFanout, max_size: int,
+                 events: DirectEvents | None = None) -> None:
         # ``handler``: only its ``__self__`` (the socket) is read (FastFanout.drop_slow_client).
         super().__init__(socket._websocket_handler, socket.server, fanout=fanout)
         self._sock: Any = self  # the fan-out's "is the WebSocket closed" is ``ws._sock.closed``
         self.closed = False
         self.transport = transport
         self.socket = socket
+        self._events = events  # Socket.IO events served without the library's layers (None: all stock)
         self._reader = FrameReader(max_size)
         self._inbox: list[str | bytes | None] | None = None  # messages waiting for the socket
         self._inbox_bytes = 0
@@ -322,6 +326,12 @@ class LeanWebSocket(DirectWebSocket, asyncio.Protocol):
         """Hand one message to the socket; False (and the connection closed) where Engine.IO's
         reader loop would have ended."""
         socket = self.socket
+        events = self._events
+        if events is not None and type(message) is str:
+            taken = events.take(socket, message)
+            if taken is not None:
+                await events.run(socket, *taken)
+                return True
         try:
             pkt = eio_packet.Packet(encoded_packet=message)
         except Exception:
@@ -381,6 +391,7 @@ class LeanWebSockets:
         # REMOTE_ADDR, always set to the client's address).
         self.environ_keys = tuple(environ_keys)
         self.active = False
+        self.events: DirectEvents | None = None
 
     def install(self) -> bool:
         eio = self.eio
@@ -396,6 +407,12 @@ class LeanWebSockets:
             return False
         eio._async = {**eio._async, "create_route": self._create_route}  # a copy: the driver's is shared
         self.active = True
+        event_problems = missing_internals(self.sio)
+        if event_problems:
+            log.warning("Socket.IO events of lean WebSockets take the stock path (library internals changed): %s",
+                        "; ".join(event_problems))
+        else:
+            self.events = DirectEvents(self.sio, self.fanout.stats)
         return True
 
     def _create_route(self, app: web.Application, engineio_server: Any, endpoint: str) -> None:
@@ -494,7 +511,7 @@ class LeanWebSockets:
         protocol = request.protocol
         tail: bytes = protocol._message_tail  # type: ignore[attr-defined]
         protocol._message_tail = b""  # type: ignore[attr-defined]
-        ws = LeanWebSocket(socket, transport, fanout=self.fanout, max_size=self.eio.max_http_buffer_size)
+        ws = LeanWebSocket(socket, transport, fanout=self.fanout, max_size=self.eio.max_http_buffer_size, events=self.events)
         transport.set_protocol(ws)
         # aiohttp forgets the connection as if it were lost, without touching the transport.
         protocol.transport = None
