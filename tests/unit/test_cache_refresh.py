@@ -78,7 +78,8 @@ async def test_a_busy_room_is_reloaded_in_the_background_and_no_read_waits():
     for _ in range(3):  # each read answers at once, from the cache, while one reload runs
         room = await asyncio.wait_for(service.visible(ALICE, "lobby", cached=True), 1)
         assert room.settings == {}
-    await asyncio.sleep(0)
+    while service.refresher.running == 0:  # it starts once the keys due meanwhile are gathered
+        await asyncio.sleep(0.01)
     assert repo.gets == 2 and service.refresher.running == 1
     repo.gate.set()
     await service.refresher.wait()
@@ -160,7 +161,7 @@ async def test_keys_due_together_share_one_read_and_later_ones_the_next():
         reads.append(keys)
         await gate.wait()
 
-    refresher: Refresher[int] = Refresher("test", reload_many, max_batch=8)
+    refresher: Refresher[int] = Refresher("test", reload_many, max_batch=8, gather_s=0)
     for key in range(10):
         refresher.start(key)
         refresher.start(key)  # asked twice: still once
@@ -172,6 +173,26 @@ async def test_keys_due_together_share_one_read_and_later_ones_the_next():
     gate.set()
     await refresher.wait()
     assert reads == [list(range(8)), [8, 9, 10]] and refresher.running == refresher.waiting == 0
+
+
+async def test_keys_that_come_due_one_at_a_time_share_a_read():
+    """In steady traffic keys come due apart (their refresh points are spread): those due
+    within the gathering time go together."""
+    reads: list[list[int]] = []
+
+    async def reload_many(keys: list[int]) -> None:
+        reads.append(keys)
+
+    refresher: Refresher[int] = Refresher("test", reload_many, gather_s=0.2)
+    for key in range(5):
+        refresher.start(key)
+        await asyncio.sleep(0.02)
+    assert reads == []
+    await refresher.wait()
+    assert reads == [[0, 1, 2, 3, 4]]
+    refresher.start(5)
+    await refresher.wait()
+    assert reads == [[0, 1, 2, 3, 4], [5]]
 
 
 async def test_one_read_reloads_every_due_room_and_ban_entry():
