@@ -75,13 +75,11 @@ class DirectEvents:
         eio_sid = socket.sid
         if eio_sid in sio._binary_packet:
             return None  # this message is an attachment of an earlier binary packet
-        end = len(message)
-        i = 2
-        while i < end and "0" <= message[i] <= "9":
-            i += 1
-        if i == end or message[i] != "[" or i - 2 > _MAX_ID_DIGITS:
+        i = message.find("[", 2)
+        digits = message[2:i]
+        if i < 0 or len(digits) > _MAX_ID_DIGITS or (digits and not (digits.isascii() and digits.isdigit())):
             return None  # a namespace, an attachment count, or no data
-        ack_id = int(message[2:i]) if i > 2 else None
+        ack_id = int(digits) if digits else None
         try:
             data = self._loads(message[i:])
         except ValueError:
