@@ -56,6 +56,7 @@ from .storage.presence_redis import RedisPresenceStore
 from .storage.ratelimit_redis import FailSoftRateLimitStore, RedisRateLimitStore
 from .storage.reactions import ReactionStore
 from .storage.recent_redis import FailSoftRecentStore, RedisRecentStore
+from .storage.redis_client import waiting_client
 from .storage.redis_pipeline import AutoPipeline
 from .storage.resilient import FailSoftPresence
 from .storage.rooms import RoomStore
@@ -111,7 +112,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     presence: PresenceStore
     gate: Gate
     if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10)
+        redis = waiting_client(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10)
         presence = FailSoftPresence(
             RedisPresenceStore(redis, prefix=settings.redis_prefix, ttl_s=settings.presence_ttl_s, clock=clock),
             MemoryPresenceStore(settings.presence_ttl_s, clock),

@@ -13,8 +13,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlparse
 
 import socketio
+
+from ..storage.redis_client import waiting_client
 
 if TYPE_CHECKING:
     from .fanout import FastFanout
@@ -112,6 +115,17 @@ class RedisManager(socketio.AsyncRedisManager, LocalDeliveryHook):
     def __init__(self, url: str, channel: str) -> None:
         super().__init__(url, channel=channel, redis_options={"socket_connect_timeout": 2.0, "health_check_interval": 10})
         self.subscribed = False
+
+    def _redis_connect(self) -> None:
+        # As the library's, with a pool that waits for a free connection: its own pool
+        # fails the 101st publish in flight, and a failed publish is given up after one
+        # retry, so the broadcast is lost (storage/redis_client.py).
+        if urlparse(self.redis_url).scheme.endswith("+sentinel"):
+            super()._redis_connect()  # the library's Sentinel client, unchanged
+            return
+        self.redis = waiting_client(self.redis_url, **self.redis_options)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
 
     async def _redis_listen_with_retries(self) -> Any:  # pragma: no cover - exercised by the outage tests
         retry_sleep = 0.25
