@@ -131,9 +131,6 @@ class DirectEvents:
 def missing_internals(sio: socketio.AsyncServer) -> list[str]:
     """What this path relies on and no longer finds (empty: all there)."""
     problems: list[str] = []
-    import os
-    if os.environ.get("AB_NO_DIRECT"):
-        problems.append("ab")
     if sio.async_handlers:
         problems.append("AsyncServer(async_handlers=True): events would each run in a task")
     for name in ("_binary_packet", "handlers", "manager", "not_handled", "reserved_events", "_send_packet"):
