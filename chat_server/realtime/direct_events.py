@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -46,8 +45,6 @@ from engineio.async_socket import AsyncSocket
 from socketio import base_server as sio_base_server
 
 from .fanout import DirectSocket, FanoutStats, missing_source_markers
-
-log = logging.getLogger(__name__)
 
 _EVENT_PREFIX = "42"  # Engine.IO MESSAGE (4) carrying a Socket.IO EVENT (2)
 _ACK_PREFIX = "3"  # Socket.IO ACK, default namespace
@@ -82,8 +79,8 @@ class DirectEvents:
         ack_id = int(digits) if digits else None
         try:
             data = self._loads(message[i:])
-        except ValueError:
-            return None  # the stock path logs it, as before
+        except Exception:  # not JSON, or nested too deep (RecursionError): the stock path logs it, as before
+            return None
         if type(data) is not list or not data or type(data[0]) is not str:
             return None
         event = data[0]

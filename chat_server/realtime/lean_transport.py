@@ -328,7 +328,11 @@ class LeanWebSocket(DirectWebSocket, asyncio.Protocol):
         socket = self.socket
         events = self._events
         if events is not None and type(message) is str:
-            taken = events.take(socket, message)
+            try:
+                taken = events.take(socket, message)
+            except Exception:  # a bug there must not stop this connection's reader: the stock path decides
+                log.exception("direct event path failed; the stock path takes the message")
+                taken = None
             if taken is not None:
                 await events.run(socket, *taken)
                 return True
