@@ -364,7 +364,10 @@ class Context:
             if proc.poll() is None:
                 proc.kill()
         if result is None:
-            raise RuntimeError(f"load generator failed ({label}): {error or 'no result'}; see {self.logs}")
+            # The exit code tells a crash (1), a signal (negative: -9 is the kernel's OOM
+            # killer or our timeout) and an exit with nothing left to do (0, 13) apart.
+            raise RuntimeError(f"load generator failed ({label}): {error or 'no result'} (exit code {proc.returncode}); "
+                               f"see {self.logs}")
         return result, syncs
 
     def sample(self, servers: list[Server]) -> dict[str, Any]:
