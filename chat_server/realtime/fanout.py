@@ -198,10 +198,7 @@ class DirectSocket(AsyncSocket):
         if direct is None:
             await super().send(pkt)
             return
-        if not await self.check_ping_timeout():  # as the stock send: a timed-out client is closed
-            return
-        direct.write_message(pkt.encode())
-        direct.stats.direct_packets += 1
+        await self._write_direct(direct, pkt.encode())
 
     async def send_message(self, text: str) -> None:
         """Send an Engine.IO MESSAGE carrying ``text``: what ``server.send_packet(sid,
@@ -210,9 +207,12 @@ class DirectSocket(AsyncSocket):
         if direct is None or self.closed:
             await self.server.send_packet(self.sid, eio_packet.Packet(eio_packet.MESSAGE, data=text))
             return
-        if not await self.check_ping_timeout():
+        await self._write_direct(direct, "4" + text)  # the MESSAGE packet's encoding
+
+    async def _write_direct(self, direct: DirectWebSocket, encoded: str | bytes) -> None:
+        if not await self.check_ping_timeout():  # as the stock send: a timed-out client is closed
             return
-        direct.write_message("4" + text)  # the MESSAGE packet's encoding
+        direct.write_message(encoded)
         direct.stats.direct_packets += 1
 
     async def poll(self) -> list[eio_packet.Packet]:
