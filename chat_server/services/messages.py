@@ -12,7 +12,7 @@ from typing import Protocol
 from ..domain import HistoryPage, Message, NewMessage, Principal, Room, build
 from ..errors import MessageRejected, NotFound, ValidationFailed
 from . import content as content_pipeline
-from .policy import MessageGuard
+from .policy import MessageGuard, UniqueClaim
 from .rooms import RoomService
 
 log = logging.getLogger(__name__)
@@ -184,11 +184,10 @@ class MessageService:
         try:
             message, created = await self._store_new(user, room, text, type, encrypted, shadow, client_msg_id, reply_to)
         except BaseException:
-            if claim is not None and self._guard is not None:
-                await self._guard.release(claim)  # not stored: the text stays free
+            await self._release(claim)  # not stored: the text stays free
             raise
-        if not created and claim is not None and self._guard is not None:
-            await self._guard.release(claim)  # a resend of a stored message
+        if not created:
+            await self._release(claim)  # a resend of a stored message
         if created:
             # Taken before anything else awaits (the insert's return did not): see BroadcastOrder.
             turn = self._order.take(message.room_id)
@@ -208,6 +207,11 @@ class MessageService:
             finally:
                 turn.release()
         return message
+
+    async def _release(self, claim: UniqueClaim | None) -> None:
+        """Give back the unique-chat claim of a message that was not stored by this call."""
+        if claim is not None and self._guard is not None:
+            await self._guard.release(claim)
 
     async def _store_new(self, user: Principal, room: Room, text: str, type: str, encrypted: bool, shadow: bool,
                          client_msg_id: str | None, reply_to: str | None) -> tuple[Message, bool]:
