@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 ROLE_USER = "user"
 ROLE_MODERATOR = "moderator"
@@ -179,9 +179,18 @@ class NewMessage:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
+# A message in its wire form (PROTOCOL.md §2 "Message"): what ``Message.to_dict`` returns.
+WireMessage = dict[str, Any]
+
+_Item = TypeVar("_Item")
+
+
 @dataclass(frozen=True)
-class HistoryPage:
-    messages: list[Message]
+class HistoryPage(Generic[_Item]):
+    """Messages oldest first (``Message`` objects, or ``WireMessage``s where only the wire
+    form is wanted), and whether older (or, after a seq, newer) ones exist."""
+
+    messages: list[_Item]
     has_more: bool
 
 

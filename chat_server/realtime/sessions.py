@@ -185,7 +185,7 @@ class ChatSessions:
         online = await self._presence.online(room.id, limit=ONLINE_LIST_LIMIT)
         return {
             "room": room.to_dict(),
-            "history": [m.to_dict() for m in page.messages],
+            "history": page.messages,  # already in the wire form
             "has_more": page.has_more,
             "online_users": online,
         }

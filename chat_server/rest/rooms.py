@@ -85,14 +85,14 @@ class RoomsApi:
             page=q["page"], limit=limit, before_seq=q["before_seq"], after_seq=q["after_seq"],
         )
         body: dict[str, Any] = {
-            "messages": [m.to_dict() for m in page.messages],
+            "messages": page.messages,  # already in the wire form
             "page": q["page"],
             "limit": limit,
             "has_more": page.has_more,
         }
         if page.messages:
-            body["first_seq"] = page.messages[0].seq
-            body["last_seq"] = page.messages[-1].seq
+            body["first_seq"] = page.messages[0]["seq"]
+            body["last_seq"] = page.messages[-1]["seq"]
         return json_response(body)
 
     @docs(tags=["rooms"], summary="Members of a room, with who is online", security=BEARER, responses={**ERRORS})

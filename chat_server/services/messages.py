@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..domain import HistoryPage, Message, NewMessage, Principal, Room, build
+from ..domain import HistoryPage, Message, NewMessage, Principal, Room, WireMessage, build
 from ..errors import MessageRejected, NotFound, ValidationFailed
 from . import content as content_pipeline
 from .policy import MessageGuard, UniqueClaim
@@ -20,12 +20,18 @@ log = logging.getLogger(__name__)
 MESSAGE_TYPES = ("text", "encrypted")
 
 
+class HistoryReader(Protocol):
+    """A room's history as one viewer sees it, each message in its wire form."""
+
+    async def before(self, room_id: str, before_seq: int | None, limit: int) -> HistoryPage[WireMessage]: ...
+    async def after(self, room_id: str, after_seq: int, limit: int) -> HistoryPage[WireMessage]: ...
+    async def page(self, room_id: str, page: int, limit: int) -> HistoryPage[WireMessage]: ...
+
+
 class MessageRepository(Protocol):
     async def insert(self, new: NewMessage) -> tuple[Message, bool]: ...
     async def get(self, message_id: str) -> Message | None: ...
-    async def before(self, room_id: str, before_seq: int | None, limit: int) -> HistoryPage: ...
-    async def after(self, room_id: str, after_seq: int, limit: int) -> HistoryPage: ...
-    async def page(self, room_id: str, page: int, limit: int) -> HistoryPage: ...
+    def for_viewer(self, viewer: str) -> HistoryReader: ...
 
 
 class MessageEvents(Protocol):
@@ -244,11 +250,12 @@ class MessageService:
             raise ValidationFailed(f"limit must be between 1 and {cap}", details={"limit": [f"Must be between 1 and {cap}."]})
         return limit
 
-    async def recent(self, user: Principal, room_id: str, *, since_seq: int | None = None, limit: int | None = None) -> HistoryPage:
+    async def recent(self, user: Principal, room_id: str, *, since_seq: int | None = None,
+                     limit: int | None = None) -> HistoryPage[WireMessage]:
         """History for a join: the last ``limit`` messages, or everything after ``since_seq``."""
         room = await self._rooms.visible(user, room_id)
         n = self._limit(limit)
-        reader = self._reader(user)
+        reader = self._messages.for_viewer(user.user_id)
         if since_seq is not None:
             return await reader.after(room.id, since_seq, n)
         return await reader.before(room.id, None, n)
@@ -262,7 +269,7 @@ class MessageService:
         limit: int | None = None,
         before_seq: int | None = None,
         after_seq: int | None = None,
-    ) -> HistoryPage:
+    ) -> HistoryPage[WireMessage]:
         # The room's row may come from the node's cache (one round trip less per page): only
         # its id and type are used here, and a room's type never changes.  Membership of a
         # private room is still read every time.
@@ -270,18 +277,12 @@ class MessageService:
         n = self._limit(limit)
         if before_seq is not None and after_seq is not None:
             raise ValidationFailed("use before_seq or after_seq, not both", details={"before_seq": ["Not with after_seq."]})
-        reader = self._reader(user)
+        reader = self._messages.for_viewer(user.user_id)
         if after_seq is not None:
             return await reader.after(room.id, after_seq, n)
         if before_seq is not None:
             return await reader.before(room.id, before_seq, n)
         return await reader.page(room.id, page, n)
-
-    def _reader(self, user: Principal) -> MessageRepository:
-        """History as ``user`` sees it: without the messages of users they block or others'
-        shadow-banned messages, when the store can filter per viewer."""
-        for_viewer = getattr(self._messages, "for_viewer", None)
-        return for_viewer(user.user_id) if for_viewer is not None else self._messages  # type: ignore[no-any-return]
 
     async def get_visible(self, user: Principal, message_id: str) -> Message:
         message = await self._messages.get(message_id)

@@ -23,15 +23,26 @@ still count lie less than ``L = a + PAGE_WINDOW`` seqs below ``top - a`` (when f
 keyset read ``seq <= top - k`` with the same visibility filter as the OFFSET query, so the
 rows are the same rows.  When the count or the window reaches its cap, the page is read
 with OFFSET instead (a second statement).
+
+Every read comes in two shapes over the same statements (``HistoryReads``): ``MESSAGES``
+gives ``Message`` objects (tools, tests, anything that needs the fields), ``WIRE`` gives each
+message already in its wire form (PROTOCOL.md §2 "Message", what ``Message.to_dict``
+returns), built by PostgreSQL as JSON text and decoded by orjson in one call per page.  The
+REST history page and the history of a join only ever wanted the wire form, and building it
+in Python was most of a history request's CPU: the driver converting 17 columns per row
+(timestamps, a JSON column), a ``Message`` per row, ``to_dict`` and two timestamp formats
+per message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
-from ..domain import HistoryPage, Message, build
+import orjson
+
+from ..domain import HistoryPage, Message, WireMessage, build
 from .db import Database
 from .prepared import Prepared
 
@@ -53,6 +64,23 @@ _COLUMNS = """m.message_id, m.room_id, m.seq, m.user_id, m.username, m.avatar, m
          FROM (SELECT r.reaction, count(*) AS n FROM reactions r WHERE r.message_id = m.message_id GROUP BY r.reaction) x)
     END,
     m.mentions, m.reply_to, m.client_msg_id, NULLIF(m.metadata, '{}'::jsonb)"""
+
+# ``Message.to_dict`` in SQL: the seq, and the message's wire form as JSON text (``::text``:
+# the driver hands text over as it is instead of decoding JSON with the standard library).
+# Keys in ``to_dict``'s order; ``to_char``'s ``MS`` truncates to milliseconds as
+# ``utc_iso`` does; reactions in the same (jsonb) order as the ``Message`` read gives them.
+_UTC_ISO = """'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"""
+_WIRE_COLUMNS = f"""m.seq, json_build_object(
+    'message_id', m.message_id, 'room_id', m.room_id, 'seq', m.seq,
+    'user', json_build_object('user_id', m.user_id, 'username', m.username, 'avatar', m.avatar),
+    'content', m.content, 'content_html', m.content_html, 'type', m.type,
+    'timestamp', to_char(m.created_at AT TIME ZONE 'UTC', {_UTC_ISO}),
+    'edited_at', to_char(m.edited_at AT TIME ZONE 'UTC', {_UTC_ISO}),
+    'reactions', coalesce(CASE WHEN (SELECT true FROM reactions r WHERE r.message_id = m.message_id LIMIT 1) THEN
+        (SELECT jsonb_object_agg(x.reaction, x.n)
+         FROM (SELECT r.reaction, count(*) AS n FROM reactions r WHERE r.message_id = m.message_id GROUP BY r.reaction) x)
+    END, '{{}}'::jsonb),
+    'mentions', to_json(m.mentions), 'reply_to', m.reply_to, 'client_msg_id', m.client_msg_id)::text"""
 
 # What a viewer sees: not deleted, not another user's shadow-banned message, not from a user
 # they block (NOT IN over their blocks is hashed once per statement, not probed per row;
@@ -107,9 +135,9 @@ class _Statements:
     offset: str
 
 
-def _statements(seen: str, hidden: Callable[[str], str], *, viewer: bool) -> _Statements:
-    """The reads for one visibility rule (composed once, at import)."""
-    newest_first = f"SELECT {_COLUMNS} FROM messages m WHERE m.room_id = %(room)s AND {seen}"
+def _statements(columns: str, seen: str, hidden: Callable[[str], str], *, viewer: bool, shape: str) -> _Statements:
+    """The reads of ``columns`` for one visibility rule (composed once, at import)."""
+    newest_first = f"SELECT {columns} FROM messages m WHERE m.room_id = %(room)s AND {seen}"
     # ``top``: where the page would start if nothing were hidden (NULL in an empty room).
     # ``above``: the hidden messages above it, all counted (up to the cap); each moves the
     #     start down by one, to ``top - above`` at least.
@@ -144,7 +172,7 @@ SELECT bound.exact, p.* FROM bound LEFT JOIN LATERAL (
 ) p ON true
 ORDER BY p.seq DESC"""
     who = [("room", "text"), ("viewer", "text")] if viewer else [("room", "text")]
-    label = "history_viewer" if viewer else "history"
+    label = f"history{shape}_viewer" if viewer else f"history{shape}"
     return _Statements(
         latest=_Generic(f"{newest_first} ORDER BY m.seq DESC LIMIT %(limit)s", [*who, ("limit", "int")], label=f"{label}_latest"),
         before=_Generic(f"{newest_first} AND m.seq < %(seq)s ORDER BY m.seq DESC LIMIT %(limit)s",
@@ -162,10 +190,6 @@ ORDER BY p.seq DESC"""
     )
 
 
-_FOR_VIEWER = _statements(_SEEN_BY_VIEWER, _hidden_from_viewer, viewer=True)
-_FOR_ANYONE = _statements(_SEEN_BY_ANYONE, _hidden_from_anyone, viewer=False)
-
-
 def _message(row: tuple[Any, ...]) -> Message:
     (message_id, room_id, seq, user_id, username, avatar, content, content_html, type_, created_at, edited_at,
      deleted_at, reactions, mentions, reply_to, client_msg_id, metadata) = row
@@ -180,35 +204,63 @@ def _message(row: tuple[Any, ...]) -> Message:
     })
 
 
-def _newest_first(rows: list[tuple[Any, ...]], limit: int) -> HistoryPage:
-    """Rows read newest first (``limit + 1`` of them at most) as a page, oldest first."""
-    return HistoryPage([_message(r) for r in reversed(rows[:limit])], len(rows) > limit)
+def _messages(rows: list[tuple[Any, ...]]) -> list[Message]:
+    return [_message(r) for r in rows]
 
 
-async def before(db: Database, room_id: str, before_seq: int | None, limit: int, *, viewer: str | None = None) -> HistoryPage:
-    """The ``limit`` newest visible messages below ``before_seq`` (the newest of all when
-    None), oldest first."""
-    sql = _FOR_VIEWER if viewer is not None else _FOR_ANYONE
-    params = {"room": room_id, "viewer": viewer, "seq": before_seq, "limit": limit + 1}
-    rows = await db.fetch_tuples(sql.latest if before_seq is None else sql.before, params)
-    return _newest_first(rows, limit)
+def _wire_messages(rows: list[tuple[Any, ...]]) -> list[WireMessage]:
+    # One decode for the page: the rows' JSON texts joined into one array.
+    return orjson.loads("[" + ",".join([r[1] for r in rows]) + "]")  # type: ignore[no-any-return]
 
 
-async def after(db: Database, room_id: str, after_seq: int, limit: int, *, viewer: str | None = None) -> HistoryPage:
-    """The ``limit`` oldest visible messages above ``after_seq``, oldest first."""
-    sql = _FOR_VIEWER if viewer is not None else _FOR_ANYONE
-    rows = await db.fetch_tuples(sql.after, {"room": room_id, "viewer": viewer, "seq": after_seq, "limit": limit + 1})
-    return HistoryPage([_message(r) for r in rows[:limit]], len(rows) > limit)
+T = TypeVar("T")
 
 
-async def page(db: Database, room_id: str, page: int, limit: int, *, viewer: str | None = None,
-               hidden_cap: int = PAGE_HIDDEN_CAP, window: int = PAGE_WINDOW) -> HistoryPage:
-    """Numbered page ``page`` of ``limit`` visible messages (1: the newest), oldest first:
-    exactly what ``ORDER BY seq DESC LIMIT limit OFFSET (page - 1) * limit`` returns."""
-    sql = _FOR_VIEWER if viewer is not None else _FOR_ANYONE
-    params = {"room": room_id, "viewer": viewer, "offset": (page - 1) * limit, "limit": limit + 1,
-              "hidden_cap": hidden_cap, "window": window}
-    rows = await db.fetch_tuples(sql.page, params)
-    if rows and not rows[0][0]:
-        return _newest_first(await db.fetch_tuples(sql.offset, params), limit)
-    return _newest_first([r[1:] for r in rows if r[1] is not None], limit)
+class HistoryReads(Generic[T]):
+    """The history reads, each page's rows turned into items by ``items`` (oldest first)."""
+
+    def __init__(self, columns: str, items: Callable[[list[tuple[Any, ...]]], list[T]], *, shape: str) -> None:
+        self._for_viewer = _statements(columns, _SEEN_BY_VIEWER, _hidden_from_viewer, viewer=True, shape=shape)
+        self._for_anyone = _statements(columns, _SEEN_BY_ANYONE, _hidden_from_anyone, viewer=False, shape=shape)
+        self._items = items
+
+    def _newest_first(self, rows: list[tuple[Any, ...]], limit: int) -> HistoryPage[T]:
+        """Rows read newest first (``limit + 1`` of them at most) as a page, oldest first."""
+        return HistoryPage(self._items(rows[:limit][::-1]), len(rows) > limit)
+
+    async def before(self, db: Database, room_id: str, before_seq: int | None, limit: int, *,
+                     viewer: str | None = None) -> HistoryPage[T]:
+        """The ``limit`` newest visible messages below ``before_seq`` (the newest of all when
+        None), oldest first."""
+        sql = self._for_viewer if viewer is not None else self._for_anyone
+        params = {"room": room_id, "viewer": viewer, "seq": before_seq, "limit": limit + 1}
+        rows = await db.fetch_tuples(sql.latest if before_seq is None else sql.before, params)
+        return self._newest_first(rows, limit)
+
+    async def after(self, db: Database, room_id: str, after_seq: int, limit: int, *,
+                    viewer: str | None = None) -> HistoryPage[T]:
+        """The ``limit`` oldest visible messages above ``after_seq``, oldest first."""
+        sql = self._for_viewer if viewer is not None else self._for_anyone
+        rows = await db.fetch_tuples(sql.after, {"room": room_id, "viewer": viewer, "seq": after_seq, "limit": limit + 1})
+        return HistoryPage(self._items(rows[:limit]), len(rows) > limit)
+
+    async def page(self, db: Database, room_id: str, page: int, limit: int, *, viewer: str | None = None,
+                   hidden_cap: int = PAGE_HIDDEN_CAP, window: int = PAGE_WINDOW) -> HistoryPage[T]:
+        """Numbered page ``page`` of ``limit`` visible messages (1: the newest), oldest first:
+        exactly what ``ORDER BY seq DESC LIMIT limit OFFSET (page - 1) * limit`` returns."""
+        sql = self._for_viewer if viewer is not None else self._for_anyone
+        params = {"room": room_id, "viewer": viewer, "offset": (page - 1) * limit, "limit": limit + 1,
+                  "hidden_cap": hidden_cap, "window": window}
+        rows = await db.fetch_tuples(sql.page, params)
+        if rows and not rows[0][0]:
+            return self._newest_first(await db.fetch_tuples(sql.offset, params), limit)
+        return self._newest_first([r[1:] for r in rows if r[1] is not None], limit)
+
+
+MESSAGES: HistoryReads[Message] = HistoryReads(_COLUMNS, _messages, shape="")
+WIRE: HistoryReads[WireMessage] = HistoryReads(_WIRE_COLUMNS, _wire_messages, shape="_wire")
+
+# The ``Message`` reads as functions (the store's own view, tools and tests).
+before = MESSAGES.before
+after = MESSAGES.after
+page = MESSAGES.page

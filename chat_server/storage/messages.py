@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..domain import HistoryPage, Message, NewMessage, build
+from ..domain import HistoryPage, Message, NewMessage, WireMessage, build
 from ..errors import Unavailable
 from . import history
 from .db import Database, Json, TransactionRollbackError, UniqueViolation
@@ -361,40 +361,40 @@ class MessageStore:
         )
         return message_from_row(row) if row else None
 
-    async def latest(self, room_id: str, limit: int) -> HistoryPage:
+    async def latest(self, room_id: str, limit: int) -> HistoryPage[Message]:
         """The newest ``limit`` visible messages, oldest first."""
         return await self.before(room_id, None, limit)
 
     def for_viewer(self, viewer: str) -> _ViewerHistory:
-        """History reads as ``viewer`` sees them (``storage.history``)."""
-        return _ViewerHistory(self, viewer)
+        """History reads as ``viewer`` sees them, in the wire form (``storage.history``)."""
+        return _ViewerHistory(self._db, viewer)
 
     # History reads: one statement each, in storage/history.py.
-    async def before(self, room_id: str, before_seq: int | None, limit: int, *, viewer: str | None = None) -> HistoryPage:
+    async def before(self, room_id: str, before_seq: int | None, limit: int, *, viewer: str | None = None) -> HistoryPage[Message]:
         return await history.before(self._db, room_id, before_seq, limit, viewer=viewer)
 
-    async def after(self, room_id: str, after_seq: int, limit: int, *, viewer: str | None = None) -> HistoryPage:
+    async def after(self, room_id: str, after_seq: int, limit: int, *, viewer: str | None = None) -> HistoryPage[Message]:
         """Visible messages with ``seq > after_seq``, oldest first."""
         return await history.after(self._db, room_id, after_seq, limit, viewer=viewer)
 
-    async def page(self, room_id: str, page: int, limit: int, *, viewer: str | None = None) -> HistoryPage:
+    async def page(self, room_id: str, page: int, limit: int, *, viewer: str | None = None) -> HistoryPage[Message]:
         """Numbered pages, page 1 the newest, each oldest first (the source design's paging)."""
         return await history.page(self._db, room_id, page, limit, viewer=viewer)
 
 
 class _ViewerHistory:
-    """``MessageStore`` history reads for one viewer (``MessageService`` uses it as the
-    repository for that viewer's history)."""
+    """History as one viewer sees it, each message in its wire form (``MessageService``
+    reads a viewer's history through it)."""
 
-    def __init__(self, store: MessageStore, viewer: str) -> None:
-        self._store = store
+    def __init__(self, db: Database, viewer: str) -> None:
+        self._db = db
         self._viewer = viewer
 
-    async def before(self, room_id: str, before_seq: int | None, limit: int) -> HistoryPage:
-        return await self._store.before(room_id, before_seq, limit, viewer=self._viewer)
+    async def before(self, room_id: str, before_seq: int | None, limit: int) -> HistoryPage[WireMessage]:
+        return await history.WIRE.before(self._db, room_id, before_seq, limit, viewer=self._viewer)
 
-    async def after(self, room_id: str, after_seq: int, limit: int) -> HistoryPage:
-        return await self._store.after(room_id, after_seq, limit, viewer=self._viewer)
+    async def after(self, room_id: str, after_seq: int, limit: int) -> HistoryPage[WireMessage]:
+        return await history.WIRE.after(self._db, room_id, after_seq, limit, viewer=self._viewer)
 
-    async def page(self, room_id: str, page: int, limit: int) -> HistoryPage:
-        return await self._store.page(room_id, page, limit, viewer=self._viewer)
+    async def page(self, room_id: str, page: int, limit: int) -> HistoryPage[WireMessage]:
+        return await history.WIRE.page(self._db, room_id, page, limit, viewer=self._viewer)

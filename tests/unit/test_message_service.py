@@ -94,6 +94,7 @@ class FakeMessages:
     def __init__(self) -> None:
         self.stored: list[Message] = []
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.viewers: list[str] = []  # whose history was read
 
     async def insert(self, new: NewMessage) -> tuple[Message, bool]:
         for m in self.stored:
@@ -111,6 +112,10 @@ class FakeMessages:
 
     async def get(self, message_id: str) -> Message | None:
         return next((m for m in self.stored if m.message_id == message_id), None)
+
+    def for_viewer(self, viewer: str) -> FakeMessages:
+        self.viewers.append(viewer)
+        return self
 
     async def before(self, room_id: str, before_seq: int | None, limit: int) -> HistoryPage:
         self.calls.append(("before", (room_id, before_seq, limit)))
@@ -322,6 +327,7 @@ async def test_history_limit_defaults_to_the_cap(world):
     await world.service.history(ALICE, "lobby")
     await world.service.recent(ALICE, "lobby")
     assert world.messages.calls == [("page", ("lobby", 1, 20)), ("before", ("lobby", None, 20))]
+    assert world.messages.viewers == [ALICE.user_id, ALICE.user_id]  # read as the asking user sees it
 
 
 async def test_history_limit_bounds_and_cursors(world):
