@@ -403,6 +403,23 @@ async def test_blocked_users_messages_typing_and_reactions_do_not_reach_the_bloc
     await carol.wait_for("new_message", lambda m: m["content"] == "visible again")
 
 
+async def test_blocks_stored_before_connecting_apply_from_the_first_event(node, connect):
+    """The block list is loaded when the blocker's first connection arrives (several arrive
+    at once here, sharing the read)."""
+    room = unique()
+    blockers, blocked, bystander = [uid(f"erin{i}") for i in range(4)], uid("frank"), uid("gina")
+    for blocker in blockers[:3]:
+        assert (await rest(node, "POST", "/api/users/me/blocks", blocker, json={"user_id": blocked}))[0] == 201
+    tabs = await asyncio.gather(*(joined(connect, blocker, room) for blocker in blockers))
+    frank = await joined(connect, blocked, room)
+    gina = await joined(connect, bystander, room)
+    await say(frank, room, "blocked before they came")
+    await barrier(gina, room, *tabs)
+    for tab in tabs[:3]:
+        assert "blocked before they came" not in contents(tab.events["new_message"], room)
+    assert "blocked before they came" in contents(tabs[3].events["new_message"], room)  # erin3 blocks nobody
+
+
 async def test_blocks_apply_on_every_node(start_node):
     a = await start_node(redis_url=REDIS_URL, **NO_LIMITS)
     b = await start_node(redis_url=REDIS_URL, **NO_LIMITS)

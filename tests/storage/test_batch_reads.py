@@ -3,6 +3,7 @@ migrated PostgreSQL database: each key gets what its own single read would give.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from chat_server.storage.db import Database
@@ -52,3 +53,32 @@ async def test_bans_of_many_user_room_pairs_in_one_read(db: Database) -> None:
     assert [b.room_id for b in found[(ann, r1)]] == [r1]
     assert found[(ann, r3)] == [] and found[(cat, r2)] == [] and found[(cat, r3)] == []
     assert [b.room_id for b in found[(ben, r2)]] == [None]
+
+
+class CountingDatabase(Database):
+    statements = 0
+
+    async def fetch_tuples(self, sql, params=None):  # type: ignore[no-untyped-def]
+        self.statements += 1
+        return await super().fetch_tuples(sql, params)
+
+
+async def test_block_lists_loaded_together_share_one_read(database_url: str) -> None:
+    db = CountingDatabase(database_url, pool_size=2, timeout_s=10.0)
+    await db.connect()
+    try:
+        store = ModerationStore(db)
+        ann, ben, cat, dan = unique(), unique(), unique(), unique()
+        for user_id, blocked in ((ann, ben), (ann, cat), (ben, ann)):
+            await store.add_block(user_id, blocked)
+        before = db.statements
+        # A wave of connections: the first load leaves alone, the rest wait for it and go together.
+        lists = await asyncio.gather(*(store.blocked_ids(u) for u in (ann, ben, cat, ann, dan, ben)))
+        assert lists == [{ben, cat}, {ann}, set(), {ben, cat}, set(), {ann}]
+        assert db.statements - before <= 2
+        lists[0].add("changed by its caller")
+        assert lists[3] == {ben, cat}  # each caller has a set of its own
+        for user_id in (ann, ben, cat, dan):
+            assert await store.blocked_ids(user_id) == {b.blocked_user_id for b in await store.blocks(user_id)}
+    finally:
+        await db.close()
