@@ -10,6 +10,14 @@ A REST client sends the same token with every request, and PyJWT's checks cost a
 So a token PyJWT accepted is remembered, by its exact text, with the window its time claims
 allow (``iat``/``nbf`` to ``exp``, compared as PyJWT does); the same text inside that window
 is the same verified token.  Refusals are never remembered.
+
+Each new connection brings a token of its own, so connects pay PyJWT's checks in full, and
+a third of them was preparing the key, again on every call: for an HMAC secret PyJWT makes
+sure it is not a PEM, SSH or DER key nor a JWK (two failed ``cryptography`` parses and a
+failed JSON parse), for a public key it parses the PEM.  The configured key never changes,
+so the verifier's own ``PyJWT`` instance gets the algorithm through PyJWS's
+``register_algorithm`` with the key prepared once, at start-up (``_KeyPreparedOnce``); any
+other key still goes through the algorithm's own ``prepare_key``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from jwt.algorithms import Algorithm
 
 from .config import Settings
 from .domain import ROLE_USER, ROLES, Principal
@@ -41,10 +50,62 @@ class _Verified:
     valid_until: int  # ... and once exp <= now
 
 
+class _KeyPreparedOnce(Algorithm):
+    """``algorithm`` with ``key`` prepared once: PyJWT prepares the key on every decode."""
+
+    def __init__(self, algorithm: Algorithm, key: Any) -> None:
+        self._algorithm = algorithm
+        self._key = key
+        self._prepared = algorithm.prepare_key(key)  # raises if the key does not fit the algorithm
+
+    def prepare_key(self, key: Any) -> Any:
+        return self._prepared if key is self._key else self._algorithm.prepare_key(key)
+
+    def sign(self, msg: bytes, key: Any) -> bytes:
+        return self._algorithm.sign(msg, key)
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+        return self._algorithm.verify(msg, key, sig)
+
+    def check_key_length(self, key: Any) -> str | None:
+        return self._algorithm.check_key_length(key)
+
+    def compute_hash_digest(self, bytestr: bytes) -> bytes:
+        return self._algorithm.compute_hash_digest(bytestr)
+
+    @staticmethod
+    def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
+        raise NotImplementedError("verification only")
+
+    @staticmethod
+    def from_jwk(jwk: Any) -> Any:
+        raise NotImplementedError("verification only")
+
+
+def _decoder_for(algorithm: str, key: Any) -> jwt.PyJWT:
+    """A ``PyJWT`` of our own whose ``algorithm`` has ``key`` prepared once (the module-level
+    ``jwt.decode`` keeps the library's algorithms).  Should the library no longer keep its
+    PyJWS where this expects it, or the key not fit the algorithm, the plain decoder is used
+    (keys prepared per call, as before)."""
+    decoder = jwt.PyJWT()
+    jws = getattr(decoder, "_jws", None)
+    if not isinstance(jws, jwt.PyJWS):
+        log.warning("PyJWT keeps its PyJWS elsewhere: JWT keys are prepared on every verification")
+        return decoder
+    try:
+        prepared = _KeyPreparedOnce(jws.get_algorithm_by_name(algorithm), key)
+    except Exception:  # a key that does not fit: every token is refused, as PyJWT decides it
+        return decoder
+    jws.unregister_algorithm(algorithm)
+    jws.register_algorithm(algorithm, prepared)
+    return decoder
+
+
 class TokenVerifier:
     def __init__(self, settings: Settings, *, kept: int = VERIFIED_TOKENS_KEPT, clock: Callable[[], float] = time.time) -> None:
         self._algorithm = settings.jwt_algorithm
         self._key: Any = settings.jwt_secret if self._algorithm == "HS256" else settings.jwt_public_key
+        self._decoder = _decoder_for(self._algorithm, self._key)
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._verified: dict[str, _Verified] = {}
@@ -69,7 +130,7 @@ class TokenVerifier:
 
     def _decode(self, token: str) -> tuple[Principal, Mapping[str, Any]]:
         try:
-            claims = jwt.decode(
+            claims = self._decoder.decode(
                 token,
                 self._key,
                 algorithms=[self._algorithm],

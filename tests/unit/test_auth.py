@@ -246,13 +246,13 @@ class CountingDecode:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        real = jwt.decode
+        real = jwt.PyJWT.decode
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(jwt, "decode", counted)
+        monkeypatch.setattr(jwt.PyJWT, "decode", counted)
 
 
 def test_a_token_sent_again_is_not_decoded_again(verifier, monkeypatch):
@@ -340,3 +340,33 @@ def test_issuer_refuses_asymmetric_configuration(rsa_keys):
 )
 def test_bearer_token(header, expected):
     assert bearer_token(header) == expected
+
+
+# --- the key, prepared once ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "RS256", "ES256"])
+def test_the_configured_key_is_prepared_once(algorithm, rsa_keys, ec_keys, monkeypatch):
+    """PyJWT prepares the key on every decode; the verifier's decoder does it at start-up
+    only, and tokens are accepted and refused exactly as before."""
+    private, pem = {"HS256": (SECRET, None), "RS256": rsa_keys, "ES256": ec_keys}[algorithm]
+    settings = Settings(jwt_secret=SECRET) if algorithm == "HS256" else Settings(jwt_algorithm=algorithm, jwt_public_key=pem)
+    verifier = TokenVerifier(settings)
+    library = type(jwt.PyJWS().get_algorithm_by_name(algorithm))
+    other_private = "x" * 40 if algorithm == "HS256" else (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048) if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1()))
+    tokens = [jwt.encode(claims(sub=f"user{n}"), private, algorithm=algorithm) for n in range(5)]
+    forged = jwt.encode(claims(), other_private, algorithm=algorithm)
+    foreign = jwt.encode(claims(), "y" * 40, algorithm="HS256")
+    prepared = []
+    real = library.prepare_key
+    monkeypatch.setattr(library, "prepare_key", lambda self, key: prepared.append(key) or real(self, key))
+    for n, token in enumerate(tokens):
+        assert verifier.verify(token).user_id == f"user{n}"
+    with pytest.raises(Unauthorized):
+        verifier.verify(forged)
+    with pytest.raises(Unauthorized):  # another algorithm is still refused
+        verifier.verify(forge({"alg": "none", "typ": "JWT"}, claims(), None))
+    assert prepared == []
+    assert jwt.decode(foreign, "y" * 40, algorithms=["HS256"])["sub"] == "u1"
+    assert prepared or algorithm != "HS256"  # the library's own decode still prepares its keys
