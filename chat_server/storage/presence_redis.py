@@ -48,11 +48,17 @@ _REMOVE = """
 if redis.call('HDEL', KEYS[2], ARGV[2]) == 0 then return 0 end
 local now = tonumber(ARGV[3])
 local conns = redis.call('HGETALL', KEYS[2])
-local live = 0
+local latest = 0
 for i = 1, #conns, 2 do
-  if tonumber(conns[i + 1]) > now then live = live + 1 end
+  local expiry = tonumber(conns[i + 1])
+  if expiry > now and expiry > latest then latest = expiry end
 end
-if live > 0 then return 0 end
+if latest > 0 then
+  -- still online, until the last remaining connection expires (not the removed one's)
+  redis.call('ZADD', KEYS[1], latest, ARGV[1])
+  redis.call('ZADD', KEYS[4], latest, ARGV[4])
+  return 0
+end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])

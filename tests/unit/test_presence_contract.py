@@ -251,3 +251,54 @@ async def test_two_redis_stores_share_state(redis_prefix, clock):
         assert await stranger.count(ROOM) == 0
     finally:
         await other_client.aclose()
+
+
+async def test_count_and_online_follow_a_long_random_run(store, clock):
+    """Joins, leaves, heartbeats, sweeps and time passing, in random order: after every
+    step the count and the online list are exactly the users with a live connection (the
+    in-memory store keeps its count between scans instead of scanning the room each time)."""
+    import random
+
+    rng = random.Random(11)
+    model: dict[str, dict[str, float]] = {}  # user -> connection -> expiry
+    for _ in range(1500):
+        op = rng.random()
+        user_id = f"u{rng.randrange(25)}"
+        conn_id = f"{user_id}:{rng.randrange(3)}"
+        if op < 0.4:
+            await store.add(ROOM, user(user_id), conn_id)
+            model.setdefault(user_id, {})[conn_id] = clock.now + TTL
+        elif op < 0.65:
+            await store.remove(ROOM, user_id, conn_id)
+            model.get(user_id, {}).pop(conn_id, None)
+        elif op < 0.75:
+            beat = [Connection(ROOM, u, c) for u, conns in model.items() for c in conns if rng.random() < 0.6]
+            gone = set(await store.refresh(beat))
+            for c in beat:
+                if c in gone:
+                    model[c.user_id].pop(c.conn_id, None)  # lapsed and taken out meanwhile
+                else:
+                    model[c.user_id][c.conn_id] = clock.now + TTL
+        elif op < 0.8:
+            for room_id, info in await store.sweep():
+                assert room_id == ROOM and not any(e > clock.now for e in model.pop(info["user_id"], {}).values())
+        else:
+            clock.advance(rng.choice([0.5, 5.0, 12.0, 31.0]))
+        live = {u for u, conns in model.items() if any(e > clock.now for e in conns.values())}
+        assert await store.count(ROOM) == len(live)
+        assert {o["user_id"] for o in await store.online(ROOM, limit=100)} == live
+        few = await store.online(ROOM, limit=3)
+        assert len(few) == min(3, len(live)) and {o["user_id"] for o in few} <= live
+
+
+async def test_online_until_the_last_remaining_connection_expires(store, clock):
+    """Closing the newer tab leaves the user online only as long as the older one lives
+    (the Redis store used to keep the closed tab's expiry)."""
+    await store.add(ROOM, user("alice"), "c1")
+    clock.advance(10)
+    await store.add(ROOM, user("alice"), "c2")
+    assert await store.remove(ROOM, "alice", "c2") is False
+    clock.advance(TTL - 5)  # c1 lapsed (its node stopped refreshing it); c2 would still live
+    assert await store.count(ROOM) == 0
+    assert not await store.is_online(ROOM, "alice")
+    assert await store.online(ROOM) == []
