@@ -252,8 +252,10 @@ class MessageService:
 
     async def recent(self, user: Principal, room_id: str, *, since_seq: int | None = None,
                      limit: int | None = None) -> HistoryPage[WireMessage]:
-        """History for a join: the last ``limit`` messages, or everything after ``since_seq``."""
-        room = await self._rooms.visible(user, room_id)
+        """History for a join: the last ``limit`` messages, or everything after ``since_seq``.
+        The room's row may come from the node's cache, as for ``history`` (the join has
+        just read it fresh; only its id and type are used here)."""
+        room = await self._rooms.visible(user, room_id, cached=True)
         n = self._limit(limit)
         reader = self._messages.for_viewer(user.user_id)
         if since_seq is not None:

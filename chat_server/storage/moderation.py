@@ -94,17 +94,30 @@ class ModerationStore:
         # CPU.  Loads waiting while one is in flight share the next statement (the batching
         # of ``GroupCommit``, used here for reads).
         self._block_lists: GroupCommit[str, set[str]] = GroupCommit(self._load_block_lists, max_batch=1000)
+        self._ban_reads: GroupCommit[tuple[str, str | None, datetime], list[Ban]] = GroupCommit(self._read_bans, max_batch=1000)
 
     # --- bans ----------------------------------------------------------------------------
 
     async def active_bans_for(self, user_id: str, room_id: str | None, now: datetime) -> list[Ban]:
-        """The user's active bans that apply in ``room_id``: the room's and the global one."""
+        """The user's active bans that apply in ``room_id``: the room's and the global one.
+        Every join reads them (a ban must keep the user out at once); reads that arrive
+        while one is in flight (a wave of joins) share the next statement, which starts
+        after they were asked for, so none is answered from older data."""
+        return await self._ban_reads.submit((user_id, room_id, now))
+
+    async def _read_bans(self, keys: list[tuple[str, str | None, datetime]]) -> list[list[Ban]]:
+        if len(keys) > 1:
+            # A room of None (global bans only) reads the same way: NULL matches no room.
+            pairs: list[Any] = [(user_id, room_id) for user_id, room_id, _ in keys]
+            found = await self.active_bans_for_many(pairs, max(now for _, _, now in keys))
+            return [list(found[pair]) for pair in pairs]
+        user_id, room_id, now = keys[0]
         rows = await self._db.fetch(
             f"""SELECT {_BAN_COLUMNS} FROM bans
                 WHERE user_id = %(user)s AND (room_id IS NULL OR room_id = %(room)s) AND {_ACTIVE}""",
             {"user": user_id, "room": room_id, "now": now},
         )
-        return [ban_from_row(r) for r in rows]
+        return [[ban_from_row(r) for r in rows]]
 
     async def active_bans_for_many(self, keys: Sequence[tuple[str, str]], now: datetime) -> dict[tuple[str, str], list[Ban]]:
         """``active_bans_for`` of many ``(user, room)`` pairs in one read (every pair is in

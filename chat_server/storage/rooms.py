@@ -6,8 +6,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..domain import Membership, Principal, Room
-from ..errors import Conflict
+from ..errors import Conflict, Unavailable
 from .db import Database, Json, UniqueViolation
+from .group_commit import GroupCommit
 
 _ROOM_COLUMNS = "id, name, type, settings, created_by, created_at, message_count, last_seq"
 
@@ -36,9 +37,20 @@ def _membership(row: Mapping[str, Any]) -> Membership:
     )
 
 
+# Memberships recorded by joins, several at once: rows in (room, user) order, so that two
+# batches (on any nodes) sharing rows lock them in the same order instead of deadlocking.
+_TOUCH_MEMBERS = """INSERT INTO room_members (room_id, user_id, username, avatar)
+SELECT * FROM unnest(%(rooms)s::text[], %(users)s::text[], %(names)s::text[], %(avatars)s::text[])
+ON CONFLICT (room_id, user_id) DO UPDATE
+SET username = EXCLUDED.username, avatar = EXCLUDED.avatar, last_seen_at = now()"""
+
+
 class RoomStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Every join records its membership: those that arrive while one write is in
+        # flight (a wave of joins) share the next statement.
+        self._touches: GroupCommit[tuple[str, Principal], None] = GroupCommit(self._touch_many, max_batch=500)
 
     async def get(self, room_id: str) -> Room | None:
         row = await self._db.fetchrow(f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = %s", (room_id,))
@@ -111,12 +123,35 @@ class RoomStore:
 
     async def touch_member(self, room_id: str, user: Principal) -> None:
         """Record (or refresh) that ``user`` is a member; keeps a granted role."""
-        await self._db.execute(
-            """INSERT INTO room_members (room_id, user_id, username, avatar) VALUES (%s, %s, %s, %s)
-               ON CONFLICT (room_id, user_id) DO UPDATE
-               SET username = EXCLUDED.username, avatar = EXCLUDED.avatar, last_seen_at = now()""",
-            (room_id, user.user_id, user.username, user.avatar),
-        )
+        await self._touches.submit((room_id, user))
+
+    async def _touch_many(self, items: list[tuple[str, Principal]]) -> list[None | BaseException]:
+        # One row per (room, user), the latest name winning: a statement may not upsert a
+        # row twice.
+        rows = sorted({(room_id, user.user_id): (room_id, user) for room_id, user in items}.items())
+        try:
+            await self._write_touches([row for _, row in rows])
+            return [None] * len(items)
+        except Unavailable:
+            raise  # the database is down: every join of the batch hears it
+        except Exception:
+            if len(items) == 1:
+                raise
+        # A row the statement refused (a room deleted meanwhile) fails its own join only.
+        results: list[None | BaseException] = []
+        for item in items:
+            try:
+                await self._write_touches([item])
+                results.append(None)
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    async def _write_touches(self, rows: list[tuple[str, Principal]]) -> None:
+        await self._db.execute(_TOUCH_MEMBERS, {
+            "rooms": [room_id for room_id, _ in rows], "users": [user.user_id for _, user in rows],
+            "names": [user.username for _, user in rows], "avatars": [user.avatar for _, user in rows],
+        })
 
     async def add_member(self, room_id: str, user_id: str, *, role: str = "member") -> None:
         await self._db.execute(

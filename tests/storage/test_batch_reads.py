@@ -1,11 +1,13 @@
-"""The reads the per-node caches reload with (one statement for many keys), on a real,
-migrated PostgreSQL database: each key gets what its own single read would give."""
+"""Statements shared by many keys, on a real, migrated PostgreSQL database: the reads the
+per-node caches reload with, and the block lists, ban reads and membership writes of a wave
+of connections and joins.  Each key gets what its own single statement would give."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from chat_server.domain import Principal
 from chat_server.storage.db import Database
 from chat_server.storage.moderation import ModerationStore
 from chat_server.storage.rooms import RoomStore
@@ -82,3 +84,43 @@ async def test_block_lists_loaded_together_share_one_read(database_url: str) -> 
             assert await store.blocked_ids(user_id) == {b.blocked_user_id for b in await store.blocks(user_id)}
     finally:
         await db.close()
+
+
+async def test_bans_read_together_share_one_read_and_match_single_reads(database_url: str) -> None:
+    db = CountingDatabase(database_url, pool_size=2, timeout_s=10.0)
+    await db.connect()
+    try:
+        rooms, store = RoomStore(db), ModerationStore(db)
+        r1, r2 = unique(), unique()
+        for room_id in (r1, r2):
+            await rooms.ensure(room_id, name=room_id, type="public")
+        ann, ben, cat = unique(), unique(), unique()
+        now = datetime.now(UTC)
+        for room_id, user_id in ((r1, ann), (None, ben)):
+            await db.execute("INSERT INTO bans (room_id, user_id, reason, created_by) VALUES (%s, %s, 'x', 'mod')", (room_id, user_id))
+        asks = [(ann, r1), (ann, r2), (ben, r2), (cat, r1), (ann, r1), (ben, None), (cat, None)]
+        # A wave of joins: the first read leaves alone, the rest wait for it and go together.
+        together = await asyncio.gather(*(store.active_bans_for(u, r, now) for u, r in asks))
+        assert store._ban_reads.stats.batches <= 2 and store._ban_reads.stats.largest >= len(asks) - 1
+        alone = [await store.active_bans_for(u, r, now) for u, r in asks]
+        assert [sorted(b.id for b in bans) for bans in together] == [sorted(b.id for b in bans) for bans in alone]
+        assert [[b.room_id for b in bans] for bans in together] == [[r1], [], [None], [], [r1], [None], []]
+        assert together[0] is not together[4]  # each caller has a list of its own
+    finally:
+        await db.close()
+
+
+async def test_memberships_recorded_together(db: Database) -> None:
+    store = RoomStore(db)
+    room_a, room_b, gone = unique(), unique(), unique()
+    for room_id in (room_a, room_b):
+        await store.ensure(room_id, name=room_id, type="public")
+    ann, ben = unique(), unique()
+    touches = [(room_a, Principal(ann, "Ann")), (room_b, Principal(ann, "Ann")), (room_a, Principal(ben, "Ben", avatar="b.png")),
+               (room_a, Principal(ann, "Ann Renamed")), (gone, Principal(ben, "Ben"))]
+    results = await asyncio.gather(*(store.touch_member(r, u) for r, u in touches), return_exceptions=True)
+    assert [r is None for r in results] == [True, True, True, True, False]  # only the missing room's join fails
+    members = {(r["room_id"], r["user_id"]): r for r in await db.fetch(
+        "SELECT room_id, user_id, username, avatar FROM room_members WHERE room_id = ANY(%s)", ([room_a, room_b, gone],))}
+    assert set(members) == {(room_a, ann), (room_b, ann), (room_a, ben)}
+    assert members[(room_a, ann)]["username"] == "Ann Renamed" and members[(room_a, ben)]["avatar"] == "b.png"
