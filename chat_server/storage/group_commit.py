@@ -1,5 +1,9 @@
 """Group commit: concurrent writes collected into batches, one round trip per batch.
 
+Reads that many callers make at once use it the same way (the block lists and ban reads of a
+wave of connections and joins, ``storage.moderation``): an item's batch leaves after the
+item was submitted, so a read answered this way is never older than the call.
+
 Callers ``await submit(item)``; a runner hands every item waiting at that moment to the
 batch handler at once and resolves each caller's future with its own result.  Batching
 is *natural*: there is no timer.  When nothing is in flight, a lone item starts a batch
