@@ -55,15 +55,18 @@ from .prepared import Prepared
 PAGE_HIDDEN_CAP = 100_000
 PAGE_WINDOW = 2_000
 
-# ``Message`` field order (``_message``).  ``metadata`` is NULL when empty: the common case
-# then costs no JSON decoding per row.
-_COLUMNS = """m.message_id, m.room_id, m.seq, m.user_id, m.username, m.avatar, m.content, m.content_html, m.type,
-    m.created_at, m.edited_at, m.deleted_at,
-    CASE WHEN (SELECT true FROM reactions r WHERE r.message_id = m.message_id LIMIT 1) THEN
+# A message's reaction counts as jsonb, NULL when it has none: most messages have none, so
+# an index probe comes first and the aggregate runs only when there are some.
+REACTION_COUNTS = """CASE WHEN (SELECT true FROM reactions r WHERE r.message_id = m.message_id LIMIT 1) THEN
         (SELECT jsonb_object_agg(x.reaction, x.n)
          FROM (SELECT r.reaction, count(*) AS n FROM reactions r WHERE r.message_id = m.message_id GROUP BY r.reaction) x)
-    END,
-    m.mentions, m.reply_to, m.client_msg_id, NULLIF(m.metadata, '{}'::jsonb)"""
+    END"""
+
+# ``Message`` field order (``_message``).  ``metadata`` is NULL when empty: the common case
+# then costs no JSON decoding per row.
+_COLUMNS = f"""m.message_id, m.room_id, m.seq, m.user_id, m.username, m.avatar, m.content, m.content_html, m.type,
+    m.created_at, m.edited_at, m.deleted_at, {REACTION_COUNTS},
+    m.mentions, m.reply_to, m.client_msg_id, NULLIF(m.metadata, '{{}}'::jsonb)"""
 
 # ``Message.to_dict`` in SQL: the seq, and the message's wire form as JSON text (``::text``:
 # the driver hands text over as it is instead of decoding JSON with the standard library).
@@ -76,10 +79,7 @@ _WIRE_COLUMNS = f"""m.seq, json_build_object(
     'content', m.content, 'content_html', m.content_html, 'type', m.type,
     'timestamp', to_char(m.created_at AT TIME ZONE 'UTC', {_UTC_ISO}),
     'edited_at', to_char(m.edited_at AT TIME ZONE 'UTC', {_UTC_ISO}),
-    'reactions', coalesce(CASE WHEN (SELECT true FROM reactions r WHERE r.message_id = m.message_id LIMIT 1) THEN
-        (SELECT jsonb_object_agg(x.reaction, x.n)
-         FROM (SELECT r.reaction, count(*) AS n FROM reactions r WHERE r.message_id = m.message_id GROUP BY r.reaction) x)
-    END, '{{}}'::jsonb),
+    'reactions', coalesce({REACTION_COUNTS}, '{{}}'::jsonb),
     'mentions', to_json(m.mentions), 'reply_to', m.reply_to, 'client_msg_id', m.client_msg_id)::text"""
 
 # What a viewer sees: not deleted, not another user's shadow-banned message, not from a user

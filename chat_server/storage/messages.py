@@ -20,9 +20,7 @@ log = logging.getLogger(__name__)
 
 # Reactions are aggregated per emoji at read time from the reactions table (one row per
 # user and emoji), so a user counts once and the counts can never drift.
-_REACTIONS = """COALESCE((SELECT jsonb_object_agg(x.reaction, x.n) FROM
-                  (SELECT reaction, count(*) AS n FROM reactions r WHERE r.message_id = m.message_id
-                   GROUP BY reaction) x), '{}'::jsonb) AS reactions"""
+_REACTIONS = f"""COALESCE({history.REACTION_COUNTS}, '{{}}'::jsonb) AS reactions"""
 
 _COLUMNS = f"""m.message_id, m.room_id, m.seq, m.user_id, m.username, m.avatar, m.type, m.content,
                m.content_html, m.metadata, m.mentions, m.reply_to, m.client_msg_id, m.created_at,
