@@ -14,6 +14,12 @@ from chat_server.storage.rooms import RoomStore
 from tests.conftest import unique
 
 
+async def forget_bans(db: Database, *user_ids: str) -> None:
+    """Bans outlive a test in the run's database, and a global one shows in every ban list
+    (the moderation tests list them): remove what a test added."""
+    await db.execute("DELETE FROM bans WHERE user_id = ANY(%s)", (list(user_ids),))
+
+
 async def test_rooms_by_id_in_one_read(db: Database) -> None:
     store = RoomStore(db)
     first, second, missing = unique(), unique(), unique()
@@ -33,28 +39,31 @@ async def test_bans_of_many_user_room_pairs_in_one_read(db: Database) -> None:
         await rooms.ensure(room_id, name=room_id, type="public")
     ann, ben, cat = unique(), unique(), unique()
     now = datetime.now(UTC)
-    for room_id, user_id, expires_at, lifted in (
-        (r1, ann, None, False),                          # ann: banned in r1
-        (None, ben, None, False),                        # ben: banned everywhere
-        (r2, cat, now - timedelta(minutes=1), False),    # cat: a timeout that is over
-        (r3, cat, None, True),                           # cat: a lifted ban
-        (r2, ann, now + timedelta(minutes=5), False),    # ann: timed out in r2
-    ):
-        await db.execute(
-            "INSERT INTO bans (room_id, user_id, reason, created_by, expires_at, lifted_at) VALUES (%s, %s, 'x', 'mod', %s, %s)",
-            (room_id, user_id, expires_at, now if lifted else None),
-        )
-    store = ModerationStore(db)
-    # ann is asked about r1 and r3 only: her r2 timeout (r2 is asked about for others) is not r3's.
-    keys = [(ann, r1), (ann, r3), (ben, r2), (cat, r2), (cat, r3)]
-    found = await store.active_bans_for_many(keys, now)
-    assert set(found) == set(keys)
-    for user_id, room_id in keys:
-        single = await store.active_bans_for(user_id, room_id, now)
-        assert sorted(b.id for b in found[(user_id, room_id)]) == sorted(b.id for b in single)
-    assert [b.room_id for b in found[(ann, r1)]] == [r1]
-    assert found[(ann, r3)] == [] and found[(cat, r2)] == [] and found[(cat, r3)] == []
-    assert [b.room_id for b in found[(ben, r2)]] == [None]
+    try:
+        for room_id, user_id, expires_at, lifted in (
+            (r1, ann, None, False),                          # ann: banned in r1
+            (None, ben, None, False),                        # ben: banned everywhere
+            (r2, cat, now - timedelta(minutes=1), False),    # cat: a timeout that is over
+            (r3, cat, None, True),                           # cat: a lifted ban
+            (r2, ann, now + timedelta(minutes=5), False),    # ann: timed out in r2
+        ):
+            await db.execute(
+                "INSERT INTO bans (room_id, user_id, reason, created_by, expires_at, lifted_at) VALUES (%s, %s, 'x', 'mod', %s, %s)",
+                (room_id, user_id, expires_at, now if lifted else None),
+            )
+        store = ModerationStore(db)
+        # ann is asked about r1 and r3 only: her r2 timeout (r2 is asked about for others) is not r3's.
+        keys = [(ann, r1), (ann, r3), (ben, r2), (cat, r2), (cat, r3)]
+        found = await store.active_bans_for_many(keys, now)
+        assert set(found) == set(keys)
+        for user_id, room_id in keys:
+            single = await store.active_bans_for(user_id, room_id, now)
+            assert sorted(b.id for b in found[(user_id, room_id)]) == sorted(b.id for b in single)
+        assert [b.room_id for b in found[(ann, r1)]] == [r1]
+        assert found[(ann, r3)] == [] and found[(cat, r2)] == [] and found[(cat, r3)] == []
+        assert [b.room_id for b in found[(ben, r2)]] == [None]
+    finally:
+        await forget_bans(db, ann, ben, cat)
 
 
 class CountingDatabase(Database):
@@ -107,6 +116,7 @@ async def test_bans_read_together_share_one_read_and_match_single_reads(database
         assert [[b.room_id for b in bans] for bans in together] == [[r1], [], [None], [], [r1], [None], []]
         assert together[0] is not together[4]  # each caller has a list of its own
     finally:
+        await forget_bans(db, ann, ben, cat)
         await db.close()
 
 
