@@ -58,6 +58,18 @@ class BatchStats:
         return self.items / self.batches if self.batches else 0.0
 
 
+async def one_by_one(items: Sequence[T], call: Callable[[T], Awaitable[R]]) -> list[R | BaseException]:
+    """A batch handler's fallback when its batch statement was refused: each item in its own
+    call, in order, each caller with its own outcome (an exception fails only its item)."""
+    results: list[R | BaseException] = []
+    for item in items:
+        try:
+            results.append(await call(item))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
 class GroupCommit(Generic[T, R]):
     def __init__(
         self,

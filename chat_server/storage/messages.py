@@ -13,7 +13,7 @@ from ..domain import HistoryPage, Message, NewMessage, WireMessage, build
 from ..errors import Unavailable
 from . import history
 from .db import Database, Json, TransactionRollbackError, UniqueViolation
-from .group_commit import BatchStats, GroupCommit
+from .group_commit import BatchStats, GroupCommit, one_by_one
 from .prepared import Prepared
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,9 @@ class MessageStore:
                 break
             return await self._batch_results(batch, rows)
         self.batch_fallbacks += 1
-        return await self._one_by_one(batch)
+        # Each in its own statement: if the database goes away half-way, some are stored and
+        # every caller hears its own outcome.
+        return await one_by_one(batch, self.insert_one)
 
     async def _batch_results(self, batch: list[NewMessage], rows: list[tuple[Any, ...]]) -> list[InsertResult | BaseException]:
         results: list[InsertResult | BaseException | None] = [None] * len(batch)
@@ -315,17 +317,6 @@ class MessageStore:
                     original = by_id.get(message_id)
                     results[i] = (original, False) if original is not None else LookupError(f"message {message_id!r} vanished")
         return [r if r is not None else LookupError("message missing from the batch result") for r in results]
-
-    async def _one_by_one(self, batch: list[NewMessage]) -> list[InsertResult | BaseException]:
-        """Each message in its own statement, each caller with its own outcome (some may
-        be stored when the database goes away half-way: their callers hear so)."""
-        results: list[InsertResult | BaseException] = []
-        for new in batch:
-            try:
-                results.append(await self.insert_one(new))
-            except Exception as exc:
-                results.append(exc)
-        return results
 
     async def insert_one(self, new: NewMessage) -> InsertResult:
         """Store one message in its own statement (the path without batching)."""

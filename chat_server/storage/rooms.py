@@ -8,7 +8,7 @@ from typing import Any
 from ..domain import Membership, Principal, Room
 from ..errors import Conflict, Unavailable
 from .db import Database, Json, UniqueViolation
-from .group_commit import GroupCommit
+from .group_commit import GroupCommit, one_by_one
 
 _ROOM_COLUMNS = "id, name, type, settings, created_by, created_at, message_count, last_seq"
 
@@ -138,14 +138,7 @@ class RoomStore:
             if len(items) == 1:
                 raise
         # A row the statement refused (a room deleted meanwhile) fails its own join only.
-        results: list[None | BaseException] = []
-        for item in items:
-            try:
-                await self._write_touches([item])
-                results.append(None)
-            except Exception as exc:
-                results.append(exc)
-        return results
+        return await one_by_one(items, lambda item: self._write_touches([item]))
 
     async def _write_touches(self, rows: list[tuple[str, Principal]]) -> None:
         await self._db.execute(_TOUCH_MEMBERS, {
