@@ -184,23 +184,29 @@ class Server:
         log(f"{self.name} ({self.kind}) ready on :{self.port}, cores {self.cores}, pid {self.proc.pid}")
         return self
 
-    def fanout_writes(self) -> float:
-        """Our server's ``chat_fanout_writes_total`` (transport writes of the fast path; NaN for
-        the reference or without metrics)."""
+    def scrape(self) -> dict[str, Any]:
+        """What the steps read from our server's /metrics: ``writes`` (``chat_fanout_writes_total``,
+        transport writes of the fast path) and ``batch_le`` (``chat_message_batch_seconds``:
+        insert batches by upper bound of their commit round trip, cumulative).  NaN and empty
+        for the reference or without metrics."""
+        out: dict[str, Any] = {"writes": math.nan, "batch_le": {}}
         if self.kind != "ours":
-            return math.nan
+            return out
         try:
             with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=2) as response:
                 text = response.read().decode()
         except Exception:
-            return math.nan
+            return out
         for line in text.splitlines():
             if line.startswith("chat_fanout_writes_total "):
-                return float(line.split()[1])
-        return math.nan
+                out["writes"] = float(line.split()[1])
+            elif line.startswith('chat_message_batch_seconds_bucket{le="'):
+                le = line.split('"')[1]
+                out["batch_le"][math.inf if le == "+Inf" else float(le)] = float(line.split()[-1])
+        return out
 
-    def sample(self) -> dict[str, float]:
-        writes = self.fanout_writes()
+    def sample(self) -> dict[str, Any]:
+        scraped = self.scrape()
         try:
             t = self.ps.cpu_times()
             user = t.user + getattr(t, "children_user", 0.0)
@@ -210,9 +216,9 @@ class Server:
                     ct = child.cpu_times()
                     user += ct.user
                     system += ct.system
-            return {"cpu_s": user + system, "cpu_system_s": system, "rss": float(self.ps.memory_info().rss), "writes": writes}
+            return {"cpu_s": user + system, "cpu_system_s": system, "rss": float(self.ps.memory_info().rss), **scraped}
         except Exception:
-            return {"cpu_s": math.nan, "cpu_system_s": math.nan, "rss": math.nan, "writes": writes}
+            return {"cpu_s": math.nan, "cpu_system_s": math.nan, "rss": math.nan, **scraped}
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -438,8 +444,10 @@ def migrate(ctx: Context, database_url: str) -> None:
 
 
 # -- step bookkeeping -----------------------------------------------------------------------------
-def attach_cpu(steps: list[dict[str, Any]], syncs: list[dict[str, Any]], servers: list[Server]) -> None:
-    """Add server CPU and RSS between each step's begin and end marks to the step."""
+def attach_cpu(steps: list[dict[str, Any]], syncs: list[dict[str, Any]], servers: list[Server],
+               flushes: DiskFlushProbe | None = None) -> None:
+    """Add server CPU and RSS between each step's begin and end marks to the step (and what
+    the database's commits and the disk's flushes took meanwhile)."""
     begins = [s for s in syncs if s["name"] == "step_begin"]
     ends = [s for s in syncs if s["name"] == "step_end"]
     for step, b, e in zip(steps, begins, ends, strict=False):
@@ -485,6 +493,103 @@ def attach_cpu(steps: list[dict[str, Any]], syncs: list[dict[str, Any]], servers
         step["cpu_us_per_message"] = cpu_total * 1e6 / step["acked"] if step["acked"] else None
         step["postgres_cpu_us_per_message"] = step["postgres_cpu_s"] * 1e6 / step["acked"] if step["acked"] else None
         step["generator_saturated"] = step["generator"]["cpu_util"] > GEN_SATURATED
+        step["commit_ms"] = batch_commit_ms([(b["servers"][i].get("batch_le", {}), e["servers"][i].get("batch_le", {}))
+                                             for i in range(len(servers))])
+        if flushes is not None:
+            step["disk_flush_ms"] = flushes.summary(b["t"], e["t"])
+
+
+def batch_commit_ms(pairs: list[tuple[dict[float, float], dict[float, float]]]) -> dict[str, Any] | None:
+    """p50/p99 of our insert batches' commit round trip during a step, from the histogram's
+    buckets at its begin and end (summed over servers), interpolated within a bucket as
+    Prometheus's ``histogram_quantile`` does.  None without batches (the reference)."""
+    counts: dict[float, float] = {}
+    for before, after in pairs:
+        for le, n in after.items():
+            counts[le] = counts.get(le, 0.0) + n - before.get(le, 0.0)
+    bounds = sorted(counts)
+    total = counts[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return None
+
+    def quantile(q: float) -> float:
+        rank, lower, below = q * total, 0.0, 0.0
+        for le in bounds:
+            if counts[le] >= rank:
+                if math.isinf(le):
+                    return lower * 1000  # beyond the last finite bound: that bound
+                share = (rank - below) / (counts[le] - below) if counts[le] > below else 1.0
+                return (lower + (le - lower) * share) * 1000
+            lower, below = le, counts[le]
+        return lower * 1000
+
+    return {"batches": int(total), "p50_ms": quantile(0.5), "p99_ms": quantile(0.99)}
+
+
+class DiskFlushProbe:
+    """What a commit's flush costs on the disk PostgreSQL writes to, measured beside it: an 8 kB
+    write and ``fdatasync`` every 10 ms on the same file system (a file in the results
+    folder, when that is the data directory's device), timed with the step marks' clock.
+    A sender's ack waits for its batch's commit, and the commit for a flush of the WAL:
+    this shows how much of an ack latency tail is the disk's."""
+
+    PERIOD_S = 0.01
+
+    def __init__(self, admin_url: str, folder: Path) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.path: Path | None = None
+        self.why_not = ""
+        try:
+            import psycopg2
+
+            conn = psycopg2.connect(admin_url)
+            with conn.cursor() as cur:
+                cur.execute("SHOW data_directory")
+                data_dir = cur.fetchone()[0]
+            conn.close()
+            if os.stat(data_dir).st_dev == os.stat(folder).st_dev:
+                self.path = folder / "disk-flush-probe.bin"
+            else:
+                self.why_not = "the results folder is on another device than PostgreSQL's data"
+        except Exception as exc:  # a remote or locked-down PostgreSQL
+            self.why_not = f"PostgreSQL's data directory is not readable here ({type(exc).__name__})"
+
+    def __enter__(self) -> DiskFlushProbe:
+        if self.path is not None:
+            self._thread = threading.Thread(target=self._run, name="disk-flush-probe", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def _run(self) -> None:
+        assert self.path is not None
+        block = os.urandom(8192)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while not self._stop.wait(self.PERIOD_S):
+                started = time.monotonic()
+                os.pwrite(fd, block, 0)
+                os.fdatasync(fd)
+                self.samples.append((started, time.monotonic() - started))
+        finally:
+            os.close(fd)
+
+    def summary(self, begin: float, end: float) -> dict[str, Any] | None:
+        took = sorted(d for t, d in self.samples if begin <= t <= end)
+        if not took:
+            return None
+        return {"count": len(took), "p50_ms": took[len(took) // 2] * 1000, "p99_ms": took[int(len(took) * 0.99)] * 1000,
+                "max_ms": took[-1] * 1000, "over_5ms": sum(1 for d in took if d > 0.005)}
+
 
 
 def clean(step: dict[str, Any], p99_limit: float = CLEAN_P99_MS) -> bool:
@@ -607,10 +712,13 @@ def scenario_ingest(ctx: Context) -> dict[str, Any]:
                    "room_prefix": f"ingest_{ctx.run_id}_", "steps": [{"rate": r, "duration_s": p["step_s"]} for r in p["rates"]],
                    "drain_s": p["drain_s"], "stop_p99_ms": STOP_P99_MS, "stop_loss": STOP_LOSS,
                    "min_stop_rate": p["target_rate"], "concurrency": 100, "warmup_s": WARMUP_S}
-            result, syncs = ctx.loadgen(cfg, [server], label=f"ingest-{kind}")
+            with DiskFlushProbe(ctx.admin_url, ctx.logs) as flushes:
+                result, syncs = ctx.loadgen(cfg, [server], label=f"ingest-{kind}")
         finally:
             server.stop()
-        attach_cpu(result["steps"], syncs, [server])
+        if flushes.why_not:
+            log(f"  ingest-{kind}: disk flushes not measured: {flushes.why_not}")
+        attach_cpu(result["steps"], syncs, [server], flushes)
         steps = result["steps"]
         ok = [s for s in steps if s["acked"] >= 0.98 * s["sent"] and not s["ack_errors"]
               and s["acked_per_s"] >= 0.95 * s["rate"] and (s["ack_latency"]["p99_ms"] or 1e9) <= 20.0]
@@ -1048,6 +1156,16 @@ def build_table(results: dict[str, Any]) -> list[list[str]]:
         if to:
             add(f"ingest @ {o['target_rate']}: server / PostgreSQL CPU µs per message", f"{f(to['cpu_us_per_message'], 0)} / {f(to['postgres_cpu_us_per_message'], 0)}",
                 f(tr["cpu_us_per_message"], 0) if tr else "-", ratio(to["cpu_us_per_message"], tr["cpu_us_per_message"] if tr else None), "(info)")
+            commits = to.get("commit_ms")
+            if commits:
+                add(f"ingest @ {o['target_rate']}: insert batch commit round trip p50 / p99", f"{f(commits['p50_ms'])} / {f(commits['p99_ms'])} ms "
+                    f"({f(to['acked'] / commits['batches'], 1)} msg/batch)", "n/a (no storage)", "-", "(info)")
+
+            def flush(side: dict[str, Any] | None) -> str:
+                d = side.get("disk_flush_ms") if side else None
+                return f"{f(d['p50_ms'], 2)} / {f(d['p99_ms'])} / {f(d['max_ms'])} ms" if d else "not measured"
+
+            add(f"ingest @ {o['target_rate']}: disk flush (8 kB fdatasync) p50 / p99 / max", flush(to), flush(tr), "-", "(info)")
 
     hist = sc.get("history")
     if hist and "positions" in hist:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -22,10 +22,16 @@ class Metrics:
         # size = batched / batches).
         self.message_batches = Counter("chat_message_batches", "Message insert batches written", registry=self.registry)
         self.messages_batched = Counter("chat_message_batched", "Messages written in insert batches", registry=self.registry)
+        # What a sender's ack waits for besides this node: the statement and its commit
+        # (the flush to disk).  Its tail is the ack latency's tail (docs/protocol.md §6).
+        self.message_batch_seconds = Histogram(
+            "chat_message_batch_seconds", "Time to store one insert batch of messages (statement and commit)",
+            buckets=BATCH_SECONDS_BUCKETS, registry=self.registry)
 
-    def count_batch(self, size: int) -> None:
+    def count_batch(self, size: int, seconds: float) -> None:
         self.message_batches.inc()
         self.messages_batched.inc(size)
+        self.message_batch_seconds.observe(seconds)
 
     def watch_fanout(self, stats: Any) -> None:
         """Expose realtime/fanout.py's counters (plain ints on the hot path, read at scrape time)."""
@@ -39,6 +45,10 @@ class Metrics:
             child = self._event_counters[key] = self.events.labels(*key)
         child.inc()
 
+
+#: Fine below 20 ms (the ack latency target) so that a percentile read from the buckets
+#: says on which side of it the commits fall.
+BATCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 KNOWN_EVENTS = frozenset(
     {"join_room", "leave_room", "send_message", "typing", "react", "edit_message", "delete_message"}

@@ -207,7 +207,7 @@ class MessageStore:
         batching: bool = False,
         max_batch: int = 256,
         max_in_flight: int = 1,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._db = db
         # Batches sent again after the unique index refused them (a retried client_msg_id,

@@ -182,6 +182,30 @@ async def test_fast_path_is_used_and_counted(node, connect):
     assert direct and float(direct[0].split()[-1]) >= 2
 
 
+async def test_metrics_time_the_insert_batches_the_acks_waited_for(node, connect):
+    # docs/protocol.md §6: chat_message_batch_seconds is the commit round trip of each insert
+    # batch, one observation per batch (chat_message_batches_total counts the same batches).
+    def batch_figures(text: str) -> tuple[float, float, float]:
+        values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
+        return (values["chat_message_batches_total"], values["chat_message_batch_seconds_count"],
+                values["chat_message_batch_seconds_sum"])
+
+    room = unique()
+    alice = await connect("alice")
+    assert (await alice.call("join_room", {"room_id": room}))["ok"]
+    status, text = await rest(node, "GET", "/metrics")
+    assert status == 200
+    batches_before, count_before, sum_before = batch_figures(text)
+    acks = await asyncio.gather(*(alice.call("send_message", {"room_id": room, "content": f"hello {i}"}) for i in range(5)))
+    assert all(ack["ok"] for ack in acks)
+    _, text = await rest(node, "GET", "/metrics")
+    batches, count, total = batch_figures(text)
+    assert 1 <= count - count_before <= 5
+    assert count - count_before == batches - batches_before
+    assert total > sum_before
+    assert 'chat_message_batch_seconds_bucket{le="0.02"}' in text
+
+
 async def test_permessage_deflate_is_not_negotiated(node):
     # docs/protocol.md §6 "Performance": a client offering deflate (as browsers do) gets
     # plain frames, which the fast path writes.

@@ -180,3 +180,38 @@ async def test_a_big_batch_is_answered_a_slice_at_a_time_and_the_next_batch_leav
     assert sorted(i for b in follow_ups for i in b) == [1000 + i for i in range(1, size + 1)]
     assert follow_ups[0] == [1000 + i for i in range(1, RESOLVE_SLICE + 1)]  # left after the first slice
     assert len(follow_ups) > 1
+
+
+async def test_on_batch_hears_each_batch_with_its_size_and_how_long_it_took():
+    heard: list[tuple[int, float]] = []
+    handler = Recorder()
+    handler.hold = True
+    commit = GroupCommit(handler, on_batch=lambda size, seconds: heard.append((size, seconds)))
+    first = asyncio.ensure_future(commit.submit(1))
+    await turns(2)
+    later = [asyncio.ensure_future(commit.submit(i)) for i in (2, -3)]
+    await turns(2)
+    assert heard == []  # nothing is reported while the handler has not answered
+    await asyncio.sleep(0.05)
+    handler.gates[0].set()
+    await turns(3)
+    handler.gates[1].set()
+    assert await first == 10
+    assert [r if not isinstance(r, BaseException) else "refused" for r in await asyncio.gather(*later, return_exceptions=True)] \
+        == [20, "refused"]
+    assert [size for size, _ in heard] == [1, 2]  # a refused item is still part of its batch
+    assert heard[0][1] >= 0.045  # the time the first batch was held
+    assert heard[1][1] < heard[0][1]
+
+
+async def test_on_batch_hears_a_failed_batch_too():
+    heard: list[tuple[int, float]] = []
+
+    async def down(items: list[int]) -> list[int]:
+        await asyncio.sleep(0.02)
+        raise Unavailable("database down")
+
+    commit = GroupCommit(down, on_batch=lambda size, seconds: heard.append((size, seconds)))
+    results = await asyncio.gather(commit.submit(1), commit.submit(2), return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert len(heard) == 1 and heard[0][0] == 2 and heard[0][1] >= 0.015
