@@ -302,11 +302,19 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
 
     async def on_shutdown(app: web.Application) -> None:
         # Graceful: refuse new events, let those in flight answer their acks, then drop
-        # the connections so clients reconnect elsewhere and catch up by since_seq.
+        # the connections so clients reconnect elsewhere and catch up by since_seq, and
+        # finish every departure (user_left, presence) before the stores close.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.shutdown_timeout_s
         if not await drain.close(settings.shutdown_timeout_s / 2):
             log.warning("shutdown: %d event(s) still in flight after %.1fs", drain.in_flight, settings.shutdown_timeout_s / 2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(socketio_handlers.close_all(), settings.shutdown_timeout_s / 2)
+        # Clients that were leaving on their own as the stop began: their cleanups may still
+        # be under way (a thousand at once take a while).  At least a second, even when the
+        # steps above used the whole grace period.
+        if not await socketio_handlers.departures(max(1.0, deadline - loop.time())):
+            log.warning("shutdown: some departures were still being announced when the grace period ended")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(sio.shutdown(), 2)
 

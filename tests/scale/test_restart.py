@@ -5,6 +5,7 @@ lost or duplicated."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from typing import Any
@@ -194,3 +195,43 @@ async def test_a_stalled_node_puts_its_users_back_after_they_were_announced_as_l
     finally:
         for client in (alice, carol):
             await client.disconnect()
+
+
+@pytest.mark.parametrize("who_leaves_first", ["node", "clients"])
+async def test_a_node_stopped_gracefully_announces_every_departure_at_once(spawn_server, who_leaves_first):
+    """A graceful stop (SIGTERM) says goodbye for its users before it lets go of Redis: the
+    other nodes hear user_left for each of them at once, not a presence TTL later, and no
+    departure fails, also when the users were leaving on their own as the stop began (a
+    load balancer draining, a stream ending)."""
+    env = {"REDIS_URL": REDIS_URL, "SHUTDOWN_TIMEOUT_MS": "8000", **LOAD_LIMITS}
+    doomed = await spawn_server(**env)
+    survivor = await spawn_server(**env)
+    room = unique()
+    c = unique("carol")
+    carol = await in_room(survivor.url, c, room)
+    users = [unique(f"u{i}") for i in range(150)]
+    leaving: list[ChatClient] = []
+    try:
+        for batch in range(0, len(users), 25):
+            leaving += await asyncio.gather(*(in_room(doomed.url, u, room) for u in users[batch:batch + 25]))
+        for u in users:
+            await carol.wait_for("user_joined", lambda e, u=u: e["user_id"] == u, timeout=10)
+        if who_leaves_first == "clients":
+            for client in leaving:  # the transports close now; the node sees it as it stops
+                asyncio.ensure_future(client.sio.eio.disconnect(abort=True))
+            await asyncio.sleep(0)
+        code = await asyncio.get_running_loop().run_in_executor(None, doomed.terminate, 20)
+        assert code == 0, doomed.output()[-2000:]
+        # Well within the presence TTL (30 s): these are the node's own goodbyes.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len({e["user_id"] for e in carol.events["user_left"]}) < len(users):
+            await asyncio.sleep(0.05)
+        left = {e["user_id"] for e in carol.events["user_left"]}
+        assert left == set(users), f"{len(set(users) - left)} of {len(users)} departures not announced"
+        assert "failed" not in doomed.output(), doomed.output()[-3000:]
+        ack = await carol.call("join_room", {"room_id": room})
+        assert [u["user_id"] for u in ack["online_users"]] == [c]
+    finally:
+        for client in (carol, *leaving):
+            with contextlib.suppress(Exception):
+                await client.disconnect()
