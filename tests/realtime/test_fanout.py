@@ -494,14 +494,17 @@ async def test_fast_path_under_the_redis_manager(start_node, connect):
     a = await start_node(redis_url=REDIS_URL)
     b = await start_node(redis_url=REDIS_URL)
     room = unique()
-    alice = await connect("alice", url=a.url)
-    bob = await connect("bob", url=b.url)
+    # Users of their own: the rate limits live in the shared Redis, where other tests' load
+    # (tests/scale) may have filled a common name's window.
+    alice = await connect(unique("alice"), url=a.url)
+    bob = await connect(unique("bob"), url=b.url)
     assert (await alice.call("join_room", {"room_id": room}))["ok"]
     await asyncio.sleep(0.2)  # node b's subscription
     assert (await bob.call("join_room", {"room_id": room}))["ok"]
     on_b = fanout_of(b).stats.direct_deliveries
     for i in range(10):
-        assert (await alice.call("send_message", {"room_id": room, "content": f"x{i}"}))["ok"]
+        sent = await alice.call("send_message", {"room_id": room, "content": f"x{i}"})
+        assert sent["ok"], sent
     await bob.wait_for("new_message", lambda m: m["content"] == "x9")
     assert [m["content"] for m in bob.events["new_message"]] == [f"x{i}" for i in range(10)]
     assert fanout_of(b).stats.direct_deliveries >= on_b + 10  # delivered by node b's hook, from Redis
