@@ -53,7 +53,7 @@ import traceback
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 BENCH = Path(__file__).resolve().parent
@@ -427,15 +427,21 @@ def admin_exec(admin_url: str, *statements: str) -> None:
     conn.close()
 
 
-def database_exists(admin_url: str, name: str) -> bool:
+def admin_fetch_one(admin_url: str, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    """The first row of one query on the admin connection (None without rows)."""
     import psycopg2
 
     conn = psycopg2.connect(admin_url)
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-        found = cur.fetchone() is not None
-    conn.close()
-    return found
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cast(tuple[Any, ...] | None, cur.fetchone())
+    finally:
+        conn.close()
+
+
+def database_exists(admin_url: str, name: str) -> bool:
+    return admin_fetch_one(admin_url, "SELECT 1 FROM pg_database WHERE datname = %s", (name,)) is not None
 
 
 def migrate(ctx: Context, database_url: str) -> None:
@@ -542,14 +548,9 @@ class DiskFlushProbe:
         self.path: Path | None = None
         self.why_not = ""
         try:
-            import psycopg2
-
-            conn = psycopg2.connect(admin_url)
-            with conn.cursor() as cur:
-                cur.execute("SHOW data_directory")
-                data_dir = cur.fetchone()[0]
-            conn.close()
-            if os.stat(data_dir).st_dev == os.stat(folder).st_dev:
+            row = admin_fetch_one(admin_url, "SHOW data_directory")
+            assert row is not None
+            if os.stat(row[0]).st_dev == os.stat(folder).st_dev:
                 self.path = folder / "disk-flush-probe.bin"
             else:
                 self.why_not = "the results folder is on another device than PostgreSQL's data"
@@ -587,7 +588,7 @@ class DiskFlushProbe:
         took = sorted(d for t, d in self.samples if begin <= t <= end)
         if not took:
             return None
-        return {"count": len(took), "p50_ms": took[len(took) // 2] * 1000, "p99_ms": took[int(len(took) * 0.99)] * 1000,
+        return {"count": len(took), "p50_ms": cast(float, pct(took, 50)) * 1000, "p99_ms": cast(float, pct(took, 99)) * 1000,
                 "max_ms": took[-1] * 1000, "over_5ms": sum(1 for d in took if d > 0.005)}
 
 
