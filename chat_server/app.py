@@ -313,7 +313,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         # Clients that were leaving on their own as the stop began: their cleanups may still
         # be under way (a thousand at once take a while).  At least a second, even when the
         # steps above used the whole grace period.
-        if not await socketio_handlers.departures(max(1.0, deadline - loop.time())):
+        if not await socketio_handlers.departures.wait(max(1.0, deadline - loop.time())):
             log.warning("shutdown: some departures were still being announced when the grace period ended")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(sio.shutdown(), 2)

@@ -3,7 +3,6 @@ layer once, answer the ack.  No business rules live here."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,7 @@ from ..schemas import DeleteMessageIn, EditMessageIn, JoinRoomIn, LeaveRoomIn, R
 from .acks import Outcome, acknowledge
 from .broadcaster import room_channel, user_channel
 from .connections import ConnState
-from .drain import Drain
+from .drain import Departures, Drain
 from .sessions import ChatSessions
 
 log = logging.getLogger(__name__)
@@ -79,8 +78,7 @@ class SocketIOHandlers:
         self._auto_join_room = auto_join_room
         self._transport = SocketIOTransport(sio)
         self._on_result = on_result
-        # Disconnect cleanups under way, by sid (see ``disconnect``).
-        self._cleanups: dict[str, asyncio.Future[None]] = {}
+        self.departures = Departures()  # disconnect cleanups, by sid; shutdown waits for them
 
     def register(self) -> None:
         # Event handlers take ``*_extra``: a client that emits more than one argument
@@ -143,27 +141,11 @@ class SocketIOHandlers:
                 log.info("auto-join of %s to %r refused: %s", user.user_id, wanted, exc.code)
 
     async def disconnect(self, sid: str, reason: Any = None) -> None:
-        # The cleanup (leaving rooms: user_left for every node, presence) runs in a task of
-        # its own: the library calls this from the connection's reader, which the HTTP server
-        # cancels when it shuts down, and a departure cut short would be announced only a
-        # presence TTL later, by another node's sweep.  Shutdown waits for these tasks
-        # (``departures``) before the stores close.  As the /ws handler does.
-        cleanup = self._cleanups.get(sid)
-        if cleanup is None:
-            conn = self._sessions.registry.get(sid)
-            if conn is None:
-                return
-            cleanup = self._cleanups[sid] = asyncio.ensure_future(self._sessions.disconnected(conn))
-            cleanup.add_done_callback(lambda _: self._cleanups.pop(sid, None))
-        await asyncio.shield(cleanup)
-
-    async def departures(self, timeout_s: float) -> bool:
-        """Wait for the disconnect cleanups under way; False if some are still running after
-        ``timeout_s``."""
-        if not self._cleanups:
-            return True
-        _, pending = await asyncio.wait(set(self._cleanups.values()), timeout=timeout_s)
-        return not pending
+        # In a task of its own (``Departures``): the library calls this from the connection's
+        # reader, which the HTTP server cancels when it shuts down.
+        conn = self._sessions.registry.get(sid)
+        if conn is not None:
+            await self.departures.run(sid, lambda: self._sessions.disconnected(conn))
 
     def _context(self, sid: str, event: str) -> dict[str, Any]:
         conn = self._sessions.registry.get(sid)

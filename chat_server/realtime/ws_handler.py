@@ -38,7 +38,7 @@ from ..services.rooms import ROOM_ID_PATTERN
 from . import ws_frames as frames
 from .acks import acknowledge
 from .connections import ConnState
-from .drain import Drain
+from .drain import Departures, Drain
 from .manager import skipped_users
 from .sessions import ChatSessions
 
@@ -258,7 +258,7 @@ class WsHandler:
         self._on_result = on_result
         self._gauge = connections_gauge
         self._on_first_connection = on_first_connection
-        self.cleanups: set[asyncio.Future[None]] = set()  # disconnect cleanups still running
+        self.departures = Departures()  # disconnect cleanups; shutdown waits for them
         self._handlers: dict[str, Callable[[WsConnection, dict[str, Any]], Awaitable[None]]] = {
             "message": self._message,
             "join_room": self._join_room,
@@ -374,14 +374,10 @@ class WsHandler:
         self._hub.remove(conn)  # at once: no frame is queued to it from here on
         if self._gauge is not None:
             self._gauge.dec()
-        # The handler task may be cancelled (the client dropped the TCP connection and the
-        # server cancels handlers, or shutdown force-closes them); leaving a room half way
-        # would strand presence and never announce user_left.  The cleanup runs in its own
-        # task, which a cancellation of the handler does not interrupt.
-        cleanup = asyncio.ensure_future(self._cleanup(conn))
-        self.cleanups.add(cleanup)
-        cleanup.add_done_callback(self.cleanups.discard)
-        await asyncio.shield(cleanup)
+        # In a task of its own (``Departures``): the handler task may be cancelled (the client
+        # dropped the TCP connection and the server cancels handlers, or shutdown
+        # force-closes them).
+        await self.departures.run(conn.state.conn_id, lambda: self._cleanup(conn))
 
     async def _cleanup(self, conn: WsConnection) -> None:
         try:
@@ -529,8 +525,7 @@ def setup_ws(
             await drain.close(drain_timeout_s)
         await hub.close_all(CLOSE_GOING_AWAY, b"server shutdown")
         # Let leaving-room cleanups finish while Redis and PostgreSQL are still open.
-        if handler.cleanups:
-            await asyncio.wait(set(handler.cleanups), timeout=drain_timeout_s)
+        await handler.departures.wait(drain_timeout_s)
 
     app.on_shutdown.append(close_connections)
     return handler
