@@ -112,6 +112,7 @@ GEN_SATURATED = 0.85  # generator CPU (fraction of its core) above which a step 
 SERVER_SATURATED = 0.9  # servers' CPU on one core above which their cost per delivery is not a cost figure
 WARMUP_S = 2  # an unreported step at the first rate before the measured ones
 OTHER_BUSY = 0.25  # cores used by unmeasured processes/kernel above which a run is flagged as disturbed
+STEAL_NOTED = 0.05  # cores of steal time (a shared host) above which the table says so
 
 
 def log(msg: str) -> None:
@@ -259,20 +260,33 @@ def all_process_cpu() -> dict[int, tuple[str, float]]:
     return out
 
 
-def machine_cpu() -> dict[str, float]:
-    """Busy seconds of each core and of the whole machine (/proc/stat): what every process
-    and the kernel used, so CPU taken by anything else on the machine shows."""
-    out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    with contextlib.suppress(OSError), open("/proc/stat") as stat:
-        for line in stat:
-            if not line.startswith("cpu"):
-                break
-            fields = line.split()
-            values = [int(v) for v in fields[1:]]
-            idle = values[3] + (values[4] if len(values) > 4 else 0)
-            out[fields[0]] = (sum(values[:8]) - idle) / tick
+def parse_proc_stat(text: str, tick: float = 100.0) -> dict[str, tuple[float, float]]:
+    """Per ``cpu*`` line of /proc/stat: (busy seconds, steal seconds).  Busy is every state
+    but idle, iowait and steal; steal is time the hypervisor ran another machine on this
+    virtual core while it had work (it is no process's CPU, and not idle either)."""
+    out: dict[str, tuple[float, float]] = {}
+    for line in text.splitlines():
+        if not line.startswith("cpu"):
+            break
+        fields = line.split()
+        values = [int(v) for v in fields[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        steal = values[7] if len(values) > 7 else 0
+        out[fields[0]] = ((sum(values[:8]) - idle - steal) / tick, steal / tick)
     return out
+
+
+def machine_cpu() -> tuple[dict[str, float], dict[str, float]]:
+    """Busy and steal seconds of each core and of the whole machine (/proc/stat): busy is
+    what every process and the kernel used, so CPU taken by anything else on the machine
+    shows; steal is what a shared host took away."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        with open("/proc/stat") as stat:
+            cores = parse_proc_stat(stat.read(), tick)
+    except OSError:
+        cores = {}
+    return {k: busy for k, (busy, _) in cores.items()}, {k: steal for k, (_, steal) in cores.items()}
 
 
 class Context:
@@ -377,9 +391,10 @@ class Context:
         return result, syncs
 
     def sample(self, servers: list[Server]) -> dict[str, Any]:
+        busy, steal = machine_cpu()
         return {"t": time.monotonic(), "servers": [s.sample() for s in servers],
                 "postgres": self.postgres_cpu(), "redis_cpu_s": process_cpu(("redis-server",)),
-                "machine": machine_cpu(), "processes": all_process_cpu()}
+                "machine": busy, "steal": steal, "processes": all_process_cpu()}
 
     def postgres_cpu(self) -> dict[int, float]:
         """CPU seconds of each PostgreSQL backend serving the bench databases (their pids
@@ -477,6 +492,10 @@ def attach_cpu(steps: list[dict[str, Any]], syncs: list[dict[str, Any]], servers
         # Everything else that ran meanwhile (other processes, unattributed kernel work),
         # in cores: should stay small for the figures to mean what they say.
         step["other_cpu_cores"] = (busy - cpu_total - gen - step["postgres_cpu_s"] - step["redis_cpu_s"]) / wall if wall > 0 else None
+        # What a shared host took from these cores meanwhile (steal time): the step ran
+        # slower than on a machine of its own, for both servers alike only if alike.
+        steal = e.get("steal", {}).get("cpu", math.nan) - b.get("steal", {}).get("cpu", math.nan)
+        step["steal_cores"] = steal / wall if wall > 0 and not math.isnan(steal) else None
         step["cores_busy"] = {k: (e["machine"][k] - b["machine"][k]) / wall for k in e["machine"] if k != "cpu" and k in b["machine"]}
         # The busiest processes that are not part of the measurement (another test run on
         # the same machine, say): named so a disturbed step can be recognised.
@@ -1168,6 +1187,11 @@ def build_table(results: dict[str, Any]) -> list[list[str]]:
 
             add(f"ingest @ {o['target_rate']}: disk flush (8 kB fdatasync) p50 / p99 / max", flush(to), flush(tr), "-", "(info)")
 
+            def steal(side: dict[str, Any] | None) -> str:
+                return f"{f(side['steal_cores'], 2)} cores" if side and side.get("steal_cores") is not None else "-"
+
+            add(f"ingest @ {o['target_rate']}: steal time (a shared host's, both cores)", steal(to), steal(tr), "-", "(info)")
+
     hist = sc.get("history")
     if hist and "positions" in hist:
         reference = hist.get("offset_reference", {})
@@ -1232,6 +1256,12 @@ def print_table(rows: list[list[str]], results: dict[str, Any]) -> str:
         lines.append(f"CPU not attributed to the measured processes during steps: at most {other:.2f} cores"
                      + (f" (busiest other processes: {results['other_processes']})" if results.get("other_processes") else "")
                      + ("  <-- something else was busy: rerun on a quiet machine" if other > OTHER_BUSY else ""))
+    steal = results.get("steal_cores_max")
+    if steal is not None:
+        lines.append(f"CPU a shared host took from these two cores (steal time) during steps: mean {results['steal_cores_mean']:.2f}, "
+                     f"at most {steal:.2f} cores"
+                     + ("  <-- a contended host: absolute latencies and rates are worse than on a machine of its own; "
+                        "compare ours with the reference of the same run" if steal > STEAL_NOTED else ""))
     text = "\n".join(lines)
     print(text)
     return text
@@ -1404,9 +1434,9 @@ def wait_quiet(max_wait_s: float) -> dict[str, Any]:
     cores (another test run) would end up in the figures."""
     deadline = time.monotonic() + max_wait_s
     while True:
-        a, pa = machine_cpu(), all_process_cpu()
+        a, pa = machine_cpu()[0], all_process_cpu()
         time.sleep(2.0)
-        b, pb = machine_cpu(), all_process_cpu()
+        b, pb = machine_cpu()[0], all_process_cpu()
         busy = (b.get("cpu", 0) - a.get("cpu", 0)) / 2.0
         top = sorted(((pb[p][1] - pa[p][1]) / 2.0, pb[p][0]) for p in pb if p in pa and p != os.getpid())[-3:]
         if busy <= 0.1 or time.monotonic() >= deadline:
@@ -1507,6 +1537,9 @@ def main() -> int:
     results["environment"]["ours_deflate"] = "yes" if any("deflate" in e for e in ext) else ("no" if ext else "?")
     others = [s.get("other_cpu_cores") for s in iter_steps(results["scenarios"]) if s.get("other_cpu_cores") is not None]
     results["other_cpu_cores_max"] = max(others) if others else None
+    steals = [s["steal_cores"] for s in iter_steps(results["scenarios"]) if s.get("steal_cores") is not None]
+    results["steal_cores_max"] = max(steals) if steals else None
+    results["steal_cores_mean"] = sum(steals) / len(steals) if steals else None
     busiest: dict[str, float] = {}
     for step in iter_steps(results["scenarios"]):
         for o in step.get("other_processes", []):

@@ -1,5 +1,5 @@
 """Figures the benchmark derives (benchmarks/run.py): the insert batches' commit percentiles
-read from the server's histogram buckets."""
+read from the server's histogram buckets, and the host's steal time kept apart from busy CPU."""
 
 from __future__ import annotations
 
@@ -53,3 +53,35 @@ def test_servers_add_up_and_no_batches_means_no_figure():
 def test_a_tail_beyond_the_last_bound_reads_as_that_bound():
     figures = bench.batch_commit_ms([({}, cumulative({0.001: 1, 2.5: 0, math.inf: 99}))])
     assert figures["p99_ms"] == pytest.approx(2500.0)
+
+
+PROC_STAT = """cpu  1000 0 500 8000 100 0 50 400 0 0
+cpu0 600 0 300 3900 50 0 30 300 0 0
+cpu1 400 0 200 4100 50 0 20 100 0 0
+intr 12345 0 0
+"""
+
+
+def test_steal_time_is_not_counted_as_busy():
+    cores = bench.parse_proc_stat(PROC_STAT, tick=100)
+    assert cores["cpu"] == (pytest.approx(15.5), pytest.approx(4.0))  # user + system + softirq; steal
+    assert cores["cpu0"] == (pytest.approx(9.3), pytest.approx(3.0))
+    assert set(cores) == {"cpu", "cpu0", "cpu1"}  # stops at the first line that is not a core
+
+
+def test_a_step_reports_the_steal_of_its_own_marks_apart_from_other_cpu():
+    def mark(t: float, busy: float, steal: float) -> dict:
+        return {"t": t, "servers": [{"cpu_s": busy / 2, "cpu_system_s": 0.0, "rss": 0}], "postgres": {}, "redis_cpu_s": 0.0,
+                "machine": {"cpu": busy, "cpu0": busy / 2, "cpu1": busy / 2}, "steal": {"cpu": steal}, "processes": {}}
+
+    class Named:
+        name, cores, proc = "ours", "0", None
+
+    # 10 s step: the server used 5 s, the generator 2 s, the machine 7.5 s; the host stole 3 s.
+    step = {"generator": {"cpu_user_s": 2.0, "cpu_system_s": 0.0, "cpu_util": 0.2}, "delivered": 1000, "acked": 500}
+    begin = mark(0.0, 0.0, 1.0) | {"name": "step_begin"}
+    end = mark(10.0, 7.5, 4.0) | {"name": "step_end"}
+    end["servers"][0]["cpu_s"] = 5.0
+    bench.attach_cpu([step], [begin, end], [Named()])
+    assert step["steal_cores"] == pytest.approx(0.3)
+    assert step["other_cpu_cores"] == pytest.approx(0.05)  # 7.5 - 5 - 2 = 0.5 s, steal not in it
