@@ -113,6 +113,7 @@ SERVER_SATURATED = 0.9  # servers' CPU on one core above which their cost per de
 WARMUP_S = 2  # an unreported step at the first rate before the measured ones
 OTHER_BUSY = 0.25  # cores used by unmeasured processes/kernel above which a run is flagged as disturbed
 STEAL_NOTED = 0.05  # cores of steal time (a shared host) above which the table says so
+HOST_PROBE_S = {"quick": 10.0, "full": 20.0, "smoke": 1.0}  # benchmarks/host_freezes.py on each core, before the scenarios
 
 
 def log(msg: str) -> None:
@@ -1262,6 +1263,13 @@ def print_table(rows: list[list[str]], results: dict[str, Any]) -> str:
                      f"at most {steal:.2f} cores"
                      + ("  <-- a contended host: absolute latencies and rates are worse than on a machine of its own; "
                         "compare ours with the reference of the same run" if steal > STEAL_NOTED else ""))
+    freezes = results.get("host_freezes") or []
+    if freezes:
+        lines.append("host freezes before the run (a 1 ms sleeper on each core, machine idle): " + "; ".join(
+            f"core {p['core']}: {p['gaps']} wake-ups over {p['gap_ms']:g} ms late in {p['seconds']:g} s, longest {p['longest_ms']:g} ms"
+            + (f", steal {p['steal_s']:.2f} s" if p.get("steal_s") is not None else "") for p in freezes)
+            + ("  <-- the host stops these cores for longer than a 20 ms latency target now and then"
+               if any(p["longest_ms"] > 20 for p in freezes) else ""))
     text = "\n".join(lines)
     print(text)
     return text
@@ -1447,6 +1455,20 @@ def wait_quiet(max_wait_s: float) -> dict[str, Any]:
         log(f"waiting for a quiet machine ({busy:.2f} cores busy: " + ", ".join(f"{n} {c:.2f}" for c, n in reversed(top)) + ")")
 
 
+def host_freezes(ctx: Context, seconds: float) -> list[dict[str, Any]]:
+    """benchmarks/host_freezes.py on the server's and the generator's core at once: how
+    often a shared host stops these cores, measured while nothing else runs."""
+    cores = [ctx.server_core, ctx.load_core] if ctx.cores >= 2 else [None]
+    procs = [subprocess.Popen([*ctx.pin(core), sys.executable, str(BENCH / "host_freezes.py"), str(seconds)],
+                              stdout=subprocess.PIPE, text=True) for core in cores]
+    out = []
+    for proc in procs:
+        stdout, _ = proc.communicate(timeout=seconds + 30)
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(stdout))
+    return out
+
+
 def ensure_node_modules(ctx: Context) -> None:
     if (BENCH / "node_modules" / "ws").is_dir() and (BENCH / "node_modules" / "socket.io").is_dir():
         return
@@ -1499,6 +1521,7 @@ def main() -> int:
     results: dict[str, Any] = {"profile": ctx.profile_name, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": ctx.run_id,
                                "config": ctx.profile, "environment": environment(ctx), "scenarios": {}}
     results["machine_before"] = wait_quiet(args.wait_quiet)
+    results["host_freezes"] = host_freezes(ctx, HOST_PROBE_S.get(ctx.profile_name, 10.0))
     t_start = time.monotonic()
     log(f"profile {ctx.profile_name}: {', '.join(wanted)}; results in {RESULTS}/{ctx.stamp}.json, logs in {ctx.logs}")
     needs_db = any(s in wanted for s in ("connections", "fanout", "ingest", "multinode"))

@@ -85,3 +85,27 @@ def test_a_step_reports_the_steal_of_its_own_marks_apart_from_other_cpu():
     bench.attach_cpu([step], [begin, end], [Named()])
     assert step["steal_cores"] == pytest.approx(0.3)
     assert step["other_cpu_cores"] == pytest.approx(0.05)  # 7.5 - 5 - 2 = 0.5 s, steal not in it
+
+
+def test_the_table_names_host_freezes_and_steal():
+    results = {"profile": "quick", "environment": {"server_core": "0", "load_core": "1", "node": "v20", "socketio": "4.8.4"},
+               "steal_cores_max": 0.2, "steal_cores_mean": 0.1,
+               "host_freezes": [{"core": 0, "seconds": 10, "gap_ms": 10, "gaps": 3, "longest_ms": 37.5, "steal_s": 1.2},
+                                {"core": 1, "seconds": 10, "gap_ms": 10, "gaps": 0, "longest_ms": 0.0, "steal_s": None}]}
+    text = bench.print_table([["metric", "ours", "reference", "ours/ref", "target", ""]], results)
+    assert "steal time) during steps: mean 0.10, at most 0.20 cores  <-- a contended host" in text
+    assert "core 0: 3 wake-ups over 10 ms late in 10 s, longest 37.5 ms, steal 1.20 s; core 1: 0 wake-ups" in text
+    assert "<-- the host stops these cores for longer than a 20 ms latency target" in text
+    quiet = bench.print_table([["metric", "ours", "reference", "ours/ref", "target", ""]],
+                              results | {"steal_cores_max": 0.01, "host_freezes": results["host_freezes"][1:]})
+    assert "<--" not in quiet
+
+
+def test_the_freeze_probe_reports_its_own_core_and_wakeups():
+    probe = importlib.util.spec_from_file_location("host_freezes", Path(__file__).resolve().parents[2] / "benchmarks" / "host_freezes.py")
+    assert probe is not None and probe.loader is not None
+    module = importlib.util.module_from_spec(probe)
+    probe.loader.exec_module(module)
+    result = module.measure(0.05, gap_ms=1000.0)
+    assert result["gaps"] == 0 and result["longest_ms"] == 0.0  # nothing is 1 s late in 50 ms
+    assert 10 <= result["wakeups"] <= 60  # a 1 ms sleeper, not a busy loop
