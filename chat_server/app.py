@@ -308,8 +308,12 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         deadline = loop.time() + settings.shutdown_timeout_s
         if not await drain.close(settings.shutdown_timeout_s / 2):
             log.warning("shutdown: %d event(s) still in flight after %.1fs", drain.in_flight, settings.shutdown_timeout_s / 2)
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(socketio_handlers.close_all(), settings.shutdown_timeout_s / 2)
+        except TimeoutError:
+            log.warning("shutdown: closing the Socket.IO connections took longer than %.1fs", settings.shutdown_timeout_s / 2)
+        except Exception:  # the stop goes on: departures and the stores' close still matter
+            log.exception("shutdown: closing the Socket.IO connections failed")
         # Clients that were leaving on their own as the stop began: their cleanups may still
         # be under way (a thousand at once take a while).  At least a second, even when the
         # steps above used the whole grace period.

@@ -3,6 +3,7 @@ layer once, answer the ack.  No business rules live here."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from .acks import Outcome, acknowledge
 from .broadcaster import room_channel, user_channel
 from .connections import ConnState
 from .drain import Departures, Drain
+from .manager import LocalDeliveryHook
 from .sessions import ChatSessions
 
 log = logging.getLogger(__name__)
@@ -103,13 +105,25 @@ class SocketIOHandlers:
         An Engine.IO CLOSE packet would read as "the server hung up on purpose", and
         python-socketio clients do not reconnect after that; closing the transport does
         make every stock client reconnect.
+
+        All at once, as the /ws hub does: a close waits for its connection's disconnect
+        cleanup (Redis and database round trips), and one after the other a few hundred of
+        them outlasted the shutdown's grace period on a slow machine, so the connections
+        not reached by then were never announced as gone (until a presence TTL later).
+        Local delivery stops first: those departures are for the other nodes' users.
         """
-        for socket in list(self._sio.eio.sockets.values()):
+        manager = self._sio.manager
+        if isinstance(manager, LocalDeliveryHook):
+            manager.stop_local_delivery()
+
+        async def close(socket: Any) -> None:
             try:
                 await socket.close(wait=False, abort=True)  # runs our disconnect cleanup
                 socket.queue.put_nowait(None)  # the WebSocket writer closes the socket
             except Exception:
                 log.exception("closing connection %s failed", getattr(socket, "sid", "?"))
+
+        await asyncio.gather(*(close(socket) for socket in list(self._sio.eio.sockets.values())))
         self._sio.eio.sockets.clear()
 
     def _conn(self, sid: str) -> ConnState:

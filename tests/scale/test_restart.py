@@ -230,7 +230,7 @@ async def test_a_node_stopped_gracefully_announces_every_departure_at_once(spawn
         while time.monotonic() < deadline and len({e["user_id"] for e in carol.events["user_left"]}) < len(users):
             await asyncio.sleep(0.05)
         left = {e["user_id"] for e in carol.events["user_left"]}
-        assert left == set(users), f"{len(set(users) - left)} of {len(users)} departures not announced"
+        assert left == set(users), f"{len(set(users) - left)} of {len(users)} departures not announced; the node said: {doomed.output()[-2000:]}"
         assert "failed" not in doomed.output(), doomed.output()[-3000:]
         ack = await carol.call("join_room", {"room_id": room})
         assert [u["user_id"] for u in ack["online_users"]] == [c]
