@@ -361,12 +361,14 @@ class Context:
         syncs: list[dict[str, Any]] = []
         result: dict[str, Any] | None = None
         error = None
+        unreadable: list[str] = []  # lines that were not JSON: named if no result comes
         try:
             assert proc.stdout is not None and proc.stdin is not None
             for line in proc.stdout:
                 try:
                     msg = json.loads(line)
                 except ValueError:
+                    unreadable.append(f"{len(line)} characters: {line[:120]!r}")
                     continue
                 kind = msg.get("type")
                 if kind == "sync":
@@ -387,7 +389,8 @@ class Context:
         if result is None:
             # The exit code tells a crash (1), a signal (negative: -9 is the kernel's OOM
             # killer or our timeout) and an exit with nothing left to do (0, 13) apart.
-            raise RuntimeError(f"load generator failed ({label}): {error or 'no result'} (exit code {proc.returncode}); "
+            unread = f"; {len(unreadable)} line(s) not JSON, the last of {unreadable[-1]}" if unreadable else ""
+            raise RuntimeError(f"load generator failed ({label}): {error or 'no result'} (exit code {proc.returncode}{unread}); "
                                f"see {self.logs}")
         return result, syncs
 
