@@ -58,6 +58,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.host_freezes import machine_cpu  # noqa: E402  (the host's CPU accounting, shared with the freeze probe)
+
 RESULTS = BENCH / "results"
 LOADGEN = BENCH / "loadgen" / "loadgen.mjs"
 REFERENCE = BENCH / "reference" / "server.js"
@@ -259,35 +263,6 @@ def all_process_cpu() -> dict[int, tuple[str, float]]:
             if t is not None:
                 out[p.pid] = (p.info["name"] or "?", t.user + t.system)
     return out
-
-
-def parse_proc_stat(text: str, tick: float = 100.0) -> dict[str, tuple[float, float]]:
-    """Per ``cpu*`` line of /proc/stat: (busy seconds, steal seconds).  Busy is every state
-    but idle, iowait and steal; steal is time the hypervisor ran another machine on this
-    virtual core while it had work (it is no process's CPU, and not idle either)."""
-    out: dict[str, tuple[float, float]] = {}
-    for line in text.splitlines():
-        if not line.startswith("cpu"):
-            break
-        fields = line.split()
-        values = [int(v) for v in fields[1:]]
-        idle = values[3] + (values[4] if len(values) > 4 else 0)
-        steal = values[7] if len(values) > 7 else 0
-        out[fields[0]] = ((sum(values[:8]) - idle - steal) / tick, steal / tick)
-    return out
-
-
-def machine_cpu() -> tuple[dict[str, float], dict[str, float]]:
-    """Busy and steal seconds of each core and of the whole machine (/proc/stat): busy is
-    what every process and the kernel used, so CPU taken by anything else on the machine
-    shows; steal is what a shared host took away."""
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    try:
-        with open("/proc/stat") as stat:
-            cores = parse_proc_stat(stat.read(), tick)
-    except OSError:
-        cores = {}
-    return {k: busy for k, (busy, _) in cores.items()}, {k: steal for k, (_, steal) in cores.items()}
 
 
 class Context:
