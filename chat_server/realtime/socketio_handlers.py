@@ -18,7 +18,6 @@ from .acks import Outcome, acknowledge
 from .broadcaster import room_channel, user_channel
 from .connections import ConnState
 from .drain import Departures, Drain
-from .manager import LocalDeliveryHook
 from .sessions import ChatSessions
 
 log = logging.getLogger(__name__)
@@ -112,9 +111,7 @@ class SocketIOHandlers:
         not reached by then were never announced as gone (until a presence TTL later).
         Local delivery stops first: those departures are for the other nodes' users.
         """
-        manager = self._sio.manager
-        if isinstance(manager, LocalDeliveryHook):
-            manager.stop_local_delivery()
+        self._sio.manager.stop_local_delivery()  # manager.LocalDeliveryHook (app.py's managers all are)
 
         async def close(socket: Any) -> None:
             try:

@@ -39,7 +39,7 @@ from . import ws_frames as frames
 from .acks import acknowledge
 from .connections import ConnState
 from .drain import Departures, Drain
-from .manager import LocalDeliveryHook, skipped_users
+from .manager import skipped_users
 from .sessions import ChatSessions
 
 log = logging.getLogger(__name__)
@@ -523,7 +523,7 @@ def setup_ws(
         # and catch up with sinceSeq).  Drain.close is shared and may be called twice.
         if drain is not None and len(hub):
             await drain.close(drain_timeout_s)
-        if len(hub) and isinstance(sio.manager, LocalDeliveryHook):
+        if len(hub):
             # Every connection here is about to go (this shutdown runs before the Socket.IO
             # one): the departures below are for other nodes' users, not n² frames here.
             sio.manager.stop_local_delivery()
