@@ -29,6 +29,11 @@ const DEFLATE = cfg.deflate !== false; // offer permessage-deflate as browsers d
 
 // --- output and the driver handshake ------------------------------------------------------
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+// The last line, then exit once it has left: stdout to a pipe is written asynchronously,
+// and the result line (latency buckets of every step) is far larger than a pipe's buffer.
+// Exiting on a timer instead cut it off whenever the driver was slow to read (a busy
+// machine: seen after the two-node layout, the line ending at 3 x 64 KiB).
+const finish = (obj, code) => process.stdout.write(JSON.stringify(obj) + "\n", () => process.exit(code));
 const log = (msg, extra = {}) => out({ type: "log", msg, ...extra });
 const stdinLines = [];
 const stdinWaiters = [];
@@ -451,9 +456,7 @@ const modes = { connect: modeConnect, fanout: modeFanout, ingest: modeIngest };
 try {
   const t0 = performance.now();
   const result = await modes[cfg.mode]();
-  out({ type: "result", mode: cfg.mode, deflate_offered: DEFLATE, seconds: (performance.now() - t0) / 1000, ...result });
-  setTimeout(() => process.exit(0), 200);
+  finish({ type: "result", mode: cfg.mode, deflate_offered: DEFLATE, seconds: (performance.now() - t0) / 1000, ...result }, 0);
 } catch (e) {
-  out({ type: "error", error: String(e && e.stack || e) });
-  process.exit(1);
+  finish({ type: "error", error: String(e && e.stack || e) }, 1);
 }
