@@ -372,8 +372,26 @@ class Context:
     def sample(self, servers: list[Server]) -> dict[str, Any]:
         busy, steal = machine_cpu()
         return {"t": time.monotonic(), "servers": [s.sample() for s in servers],
-                "postgres": self.postgres_cpu(), "redis_cpu_s": process_cpu(("redis-server",)),
+                "postgres": self.postgres_cpu(), "wal_bytes": self.wal_position(), "redis_cpu_s": process_cpu(("redis-server",)),
                 "machine": busy, "steal": steal, "processes": all_process_cpu()}
+
+    def wal_position(self) -> float | None:
+        """Bytes PostgreSQL has written to its WAL so far (all databases: during a step, the
+        bench databases' writes are nearly all of it), None when it cannot be read."""
+        try:
+            if self._pg is None or self._pg.closed:
+                self._connect_admin()
+            with self._pg.cursor() as cur:
+                cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+                return float(cur.fetchone()[0])
+        except Exception:
+            return None
+
+    def _connect_admin(self) -> None:
+        import psycopg2
+
+        self._pg = psycopg2.connect(self.admin_url)
+        self._pg.autocommit = True
 
     def postgres_cpu(self) -> dict[int, float]:
         """CPU seconds of each PostgreSQL backend serving the bench databases (their pids
@@ -384,13 +402,11 @@ class Context:
         the reference, instead of the scheduler moving a busy backend onto it now and then
         (each time a stall of several milliseconds in the server's event loop)."""
         import psutil
-        import psycopg2
 
         out: dict[int, float] = {}
         try:
             if self._pg is None or self._pg.closed:
-                self._pg = psycopg2.connect(self.admin_url)
-                self._pg.autocommit = True
+                self._connect_admin()
             with self._pg.cursor() as cur:
                 cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s)", (list(BENCH_DATABASES),))
                 pids = [r[0] for r in cur.fetchall()]
@@ -496,6 +512,9 @@ def attach_cpu(steps: list[dict[str, Any]], syncs: list[dict[str, Any]], servers
         step["writes_per_delivery"] = writes / step["delivered"] if step["delivered"] and not math.isnan(writes) else None
         step["cpu_us_per_message"] = cpu_total * 1e6 / step["acked"] if step["acked"] else None
         step["postgres_cpu_us_per_message"] = step["postgres_cpu_s"] * 1e6 / step["acked"] if step["acked"] else None
+        wal_begin, wal_end = b.get("wal_bytes"), e.get("wal_bytes")
+        step["wal_bytes_per_message"] = ((wal_end - wal_begin) / step["acked"]
+                                         if step["acked"] and wal_begin is not None and wal_end is not None else None)
         step["generator_saturated"] = step["generator"]["cpu_util"] > GEN_SATURATED
         step["commit_ms"] = batch_commit_ms([(b["servers"][i].get("batch_le", {}), e["servers"][i].get("batch_le", {}))
                                              for i in range(len(servers))])
@@ -1159,6 +1178,10 @@ def build_table(results: dict[str, Any]) -> list[list[str]]:
             if commits:
                 add(f"ingest @ {o['target_rate']}: insert batch commit round trip p50 / p99", f"{f(commits['p50_ms'])} / {f(commits['p99_ms'])} ms "
                     f"({f(to['acked'] / commits['batches'], 1)} msg/batch)", "n/a (no storage)", "-", "(info)")
+            if to.get("wal_bytes_per_message") is not None:
+                # What each stored message costs the disk: the WAL every commit must flush.
+                add(f"ingest @ {o['target_rate']}: PostgreSQL WAL bytes per message", f(to["wal_bytes_per_message"], 0),
+                    f(tr.get("wal_bytes_per_message"), 0) + " (no storage)" if tr else "-", "-", "(info)")
 
             def flush(side: dict[str, Any] | None) -> str:
                 d = side.get("disk_flush_ms") if side else None

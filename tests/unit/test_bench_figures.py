@@ -86,6 +86,23 @@ def test_a_step_reports_the_steal_of_its_own_marks_apart_from_other_cpu():
     bench.attach_cpu([step], [begin, end], [Named()])
     assert step["steal_cores"] == pytest.approx(0.3)
     assert step["other_cpu_cores"] == pytest.approx(0.05)  # 7.5 - 5 - 2 = 0.5 s, steal not in it
+    assert step["wal_bytes_per_message"] is None  # no WAL position in the marks: not measured, not 0
+
+
+def test_a_step_reports_the_wal_its_stored_messages_wrote():
+    def mark(t: float, wal: float | None) -> dict:
+        return {"t": t, "servers": [{"cpu_s": 0.0, "cpu_system_s": 0.0, "rss": 0}], "postgres": {}, "redis_cpu_s": 0.0,
+                "machine": {"cpu": 0.0}, "steal": {"cpu": 0.0}, "processes": {}, "wal_bytes": wal}
+
+    class Named:
+        name, cores, proc = "ours", "0", None
+
+    step = {"generator": {"cpu_user_s": 0.0, "cpu_system_s": 0.0, "cpu_util": 0.0}, "delivered": 1000, "acked": 500}
+    bench.attach_cpu([step], [mark(0.0, 1_000_000.0) | {"name": "step_begin"}, mark(5.0, 2_000_000.0) | {"name": "step_end"}], [Named()])
+    assert step["wal_bytes_per_message"] == pytest.approx(2000.0)  # 1,000,000 bytes for 500 acked messages
+    unread = {"generator": {"cpu_user_s": 0.0, "cpu_system_s": 0.0, "cpu_util": 0.0}, "delivered": 1000, "acked": 500}
+    bench.attach_cpu([unread], [mark(0.0, 1_000_000.0) | {"name": "step_begin"}, mark(5.0, None) | {"name": "step_end"}], [Named()])
+    assert unread["wal_bytes_per_message"] is None
 
 
 def test_the_table_names_host_freezes_and_steal():
