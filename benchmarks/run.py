@@ -379,19 +379,20 @@ class Context:
         """Bytes PostgreSQL has written to its WAL so far (all databases: during a step, the
         bench databases' writes are nearly all of it), None when it cannot be read."""
         try:
-            if self._pg is None or self._pg.closed:
-                self._connect_admin()
-            with self._pg.cursor() as cur:
+            with self._admin().cursor() as cur:
                 cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
                 return float(cur.fetchone()[0])
         except Exception:
             return None
 
-    def _connect_admin(self) -> None:
+    def _admin(self) -> Any:
+        """The harness's own connection to PostgreSQL (opened again when it was lost)."""
         import psycopg2
 
-        self._pg = psycopg2.connect(self.admin_url)
-        self._pg.autocommit = True
+        if self._pg is None or self._pg.closed:
+            self._pg = psycopg2.connect(self.admin_url)
+            self._pg.autocommit = True
+        return self._pg
 
     def postgres_cpu(self) -> dict[int, float]:
         """CPU seconds of each PostgreSQL backend serving the bench databases (their pids
@@ -405,9 +406,7 @@ class Context:
 
         out: dict[int, float] = {}
         try:
-            if self._pg is None or self._pg.closed:
-                self._connect_admin()
-            with self._pg.cursor() as cur:
+            with self._admin().cursor() as cur:
                 cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s)", (list(BENCH_DATABASES),))
                 pids = [r[0] for r in cur.fetchall()]
         except Exception:
