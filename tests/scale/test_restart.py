@@ -78,6 +78,7 @@ async def test_node_stopped_under_load_loses_nothing(how, spawn_server, database
     alice_id = unique("alice")
     alice = await ChatClient(doomed.url, make_token(alice_id)).connect()
     bob = await ChatClient(survivor.url, make_token(unique("bob"))).connect()
+    loads: list[asyncio.Task[None]] = []
     try:
         for c in (alice, bob):
             assert (await c.call("join_room", {"room_id": room}))["ok"]
@@ -86,6 +87,7 @@ async def test_node_stopped_under_load_loses_nothing(how, spawn_server, database
         bob_sender = Sender(bob, room, "bob")
         load = asyncio.create_task(sender.run())
         bob_load = asyncio.create_task(bob_sender.run())
+        loads += [load, bob_load]
         await asyncio.sleep(1.0)
         started = time.monotonic()
         if how == "sigterm":
@@ -95,7 +97,13 @@ async def test_node_stopped_under_load_loses_nothing(how, spawn_server, database
             assert took < 10, f"graceful stop took {took:.1f}s"
         else:
             doomed.kill()
-        await asyncio.wait_for(load, 10)  # alice's connection dropped with the node
+        # alice's connection dropped with the node.  Not wait_for, which after its timeout
+        # waits without bound for the task it cancelled: this test hung once in CI (cause
+        # not found; bob was still sending 20 minutes later), and every wait here and in the
+        # clean-up is bounded now, so such a hang fails the test instead.
+        done, _ = await asyncio.wait({load}, timeout=10)
+        assert load in done, "alice's sender still running 10 s after her node stopped"
+        load.result()
         assert not alice.sio.connected
         bob_load.cancel()
         await asyncio.gather(bob_load, return_exceptions=True)
@@ -131,8 +139,12 @@ async def test_node_stopped_under_load_loses_nothing(how, spawn_server, database
         print(f"\n{how}: alice acked {len(sender.acked)} (of which {len(sender.pending)} by resend after moving), "
               f"bob acked {len(bob_sender.acked)}, stored {len(stored)}, alice caught up {len(seen_by_alice)}")
     finally:
-        await alice.disconnect()
-        await bob.disconnect()
+        # A failure above must not leave the senders running or the clean-up waiting forever.
+        for task in loads:
+            task.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
+        await asyncio.wait_for(alice.disconnect(), 10)
+        await asyncio.wait_for(bob.disconnect(), 10)
 
 
 # Two nodes whose users count as gone 1.5 s after their node's last heartbeat.
