@@ -31,7 +31,7 @@ from .realtime.packets import ChatPacket
 from .realtime.room_cache_relay import RoomCacheRelay
 from .realtime.room_stats import Gate, MemoryGate, RedisGate, RoomStatsCoalescer
 from .realtime.sessions import ChatSessions, LivePolicy
-from .realtime.socketio_handlers import ENVIRON_KEYS, SocketIOHandlers
+from .realtime.socketio_handlers import ENVIRON_KEYS, OVERLAPPING_EVENTS, SocketIOHandlers
 from .realtime.ws_handler import setup_ws
 from .rest.dev_auth import DevTokenApi
 from .rest.forwarded import TrustedProxies, forwarded_middleware
@@ -158,7 +158,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
             sio.manager.fanout = fanout
             metrics.watch_fanout(fanout.stats)
             if settings.lean_websockets:  # before sio.attach: it serves the Engine.IO endpoint's GETs
-                LeanWebSockets(sio, fanout, environ_keys=ENVIRON_KEYS).install()
+                LeanWebSockets(sio, fanout, environ_keys=ENVIRON_KEYS, overlapping=OVERLAPPING_EVENTS).install()
 
     room_store = RoomStore(db)
 

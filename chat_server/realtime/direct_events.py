@@ -55,17 +55,19 @@ class DirectEvents:
     """Event packets of one ``socketio.AsyncServer`` (with ``async_handlers=False``) read and
     dispatched without the library's per-packet layers."""
 
-    def __init__(self, sio: socketio.AsyncServer, stats: FanoutStats) -> None:
+    def __init__(self, sio: socketio.AsyncServer, stats: FanoutStats, *, overlapping: frozenset[str] = frozenset()) -> None:
         self.sio = sio
         self.stats = stats
+        self._overlapping = overlapping  # events that may let the next one start early (pipelining.py)
         self._loads = sio.packet_class.json.loads
         self._dumps = sio.packet_class.json.dumps
         # handler -> is a coroutine function (asked once per handler, not per event)
         self._coroutine: dict[Any, bool] = {}
 
-    def take(self, socket: DirectSocket, message: str) -> tuple[Callable[..., Any], tuple[Any, ...], int | None] | None:
-        """``(handler, arguments, ack id)`` for an event this path serves, else None (the
-        stock path serves ``message``).  Nothing has happened yet either way."""
+    def take(self, socket: DirectSocket, message: str) -> tuple[Callable[..., Any], tuple[Any, ...], int | None, bool] | None:
+        """``(handler, arguments, ack id, overlaps)`` for an event this path serves, else
+        None (the stock path serves ``message``).  Nothing has happened yet either way.
+        ``overlaps``: the event is one of ``overlapping``."""
         if not message.startswith(_EVENT_PREFIX):
             return None
         sio = self.sio
@@ -94,7 +96,7 @@ class DirectEvents:
         if sid is None or not manager.is_connected(sid, "/"):
             return None
         self.stats.direct_events += 1
-        return handler, (sid, *data[1:]), ack_id
+        return handler, (sid, *data[1:]), ack_id, event in self._overlapping
 
     async def run(self, socket: DirectSocket, handler: Callable[..., Any], args: tuple[Any, ...], ack_id: int | None) -> None:
         """Run a taken event and answer its ack, as ``_handle_event_internal`` would."""

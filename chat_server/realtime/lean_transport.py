@@ -78,6 +78,7 @@ from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
 
+from ..pipelining import EventPipeline
 from .direct_events import DirectEvents, missing_internals
 from .fanout import DirectSocket, DirectWebSocket, FastFanout, missing_source_markers, ws_frame
 from .rfc6455 import (
@@ -207,6 +208,7 @@ class LeanWebSocket(DirectWebSocket, asyncio.Protocol):
         self.transport = transport
         self.socket = socket
         self._events = events  # Socket.IO events served without the library's layers (None: all stock)
+        self._pipeline = EventPipeline()  # the order of those events (pipelining.py)
         self._reader = FrameReader(max_size)
         self._inbox: list[str | bytes | None] | None = None  # messages waiting for the socket
         self._inbox_bytes = 0
@@ -309,22 +311,24 @@ class LeanWebSocket(DirectWebSocket, asyncio.Protocol):
                 if not batch:
                     return
                 self._inbox = None
-                for message in batch:
+                for index, message in enumerate(batch, 1):
                     if message is _END:
+                        await self._pipeline.settle()  # acks owed before the disconnect is handled
                         await self._finish()
                         return
                     self._inbox_bytes -= len(message)
                     if not stopped:
-                        stopped = not await self._receive(message)
+                        stopped = not await self._receive(message, index < len(batch) or bool(self._inbox))
                 if not self._reading and not self.closed and self._inbox_bytes <= INBOX_LIMIT // 2:
                     self._reading = True
                     self.transport.resume_reading()
         finally:
             self._task = None
 
-    async def _receive(self, message: str | bytes) -> bool:
+    async def _receive(self, message: str | bytes, more_waiting: bool) -> bool:
         """Hand one message to the socket; False (and the connection closed) where Engine.IO's
-        reader loop would have ended."""
+        reader loop would have ended.  ``more_waiting``: the connection's next message has
+        arrived already."""
         socket = self.socket
         events = self._events
         if events is not None and type(message) is str:
@@ -334,8 +338,10 @@ class LeanWebSocket(DirectWebSocket, asyncio.Protocol):
                 log.exception("direct event path failed; the stock path takes the message")
                 taken = None
             if taken is not None:
-                await events.run(socket, *taken)
+                handler, args, ack_id, overlap = taken
+                await self._pipeline.run(events.run(socket, handler, args, ack_id), overlap=overlap, more_waiting=more_waiting)
                 return True
+        await self._pipeline.settle()  # the stock path after overlapping events: in order
         try:
             pkt = eio_packet.Packet(encoded_packet=message)
         except Exception:
@@ -387,13 +393,16 @@ class LeanWebSockets:
     """Installed on one ``socketio.AsyncServer`` whose fast fan-out is on, before
     ``sio.attach(app)``: the Engine.IO endpoint's GET route becomes ``handle_get``."""
 
-    def __init__(self, sio: socketio.AsyncServer, fanout: FastFanout, *, environ_keys: Iterable[str]) -> None:
+    def __init__(self, sio: socketio.AsyncServer, fanout: FastFanout, *, environ_keys: Iterable[str],
+                 overlapping: Iterable[str] = ()) -> None:
         self.sio = sio
         self.eio = sio.eio
         self.fanout = fanout
         # What the application reads from the environ after the Engine.IO connect (plus
         # REMOTE_ADDR, always set to the client's address).
         self.environ_keys = tuple(environ_keys)
+        # Events that may let the connection's next one start before they end (pipelining.py).
+        self.overlapping = frozenset(overlapping)
         self.active = False
         self.events: DirectEvents | None = None
 
@@ -416,7 +425,7 @@ class LeanWebSockets:
             log.warning("Socket.IO events of lean WebSockets take the stock path (library internals changed): %s",
                         "; ".join(event_problems))
         else:
-            self.events = DirectEvents(self.sio, self.fanout.stats)
+            self.events = DirectEvents(self.sio, self.fanout.stats, overlapping=self.overlapping)
         return True
 
     def _create_route(self, app: web.Application, engineio_server: Any, endpoint: str) -> None:

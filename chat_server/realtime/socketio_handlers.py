@@ -41,6 +41,10 @@ class SocketIOTransport:
 #: transport keeps only these (realtime/lean_transport.py).
 ENVIRON_KEYS = ("QUERY_STRING", "HTTP_AUTHORIZATION")
 
+#: Events whose handler lets the connection's next event start once its message has its
+#: place in the commit order (chat_server/pipelining.py); the lean transport honours it.
+OVERLAPPING_EVENTS = frozenset({"send_message"})
+
 
 def _query(environ: dict[str, Any]) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items() if v}

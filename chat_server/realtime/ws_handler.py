@@ -33,6 +33,7 @@ from aiohttp_apigami import docs
 
 from ..auth import TokenVerifier, bearer_token
 from ..errors import ChatError, ValidationFailed
+from ..pipelining import EventPipeline
 from ..schemas import load, schema_of
 from ..services.rooms import ROOM_ID_PATTERN
 from . import ws_frames as frames
@@ -49,6 +50,10 @@ CLOSE_UNAUTHORIZED = 4401  # missing, invalid or expired token
 CLOSE_IDLE_TIMEOUT = 4408  # nothing at all (not even a pong) arrived for idle_timeout_s
 CLOSE_TOO_SLOW = int(WSCloseCode.TRY_AGAIN_LATER)  # 1013: the client does not read its frames
 CLOSE_GOING_AWAY = int(WSCloseCode.GOING_AWAY)  # 1001: server shutting down
+
+#: Frames whose handling lets the connection's next frame start once the message has its
+#: place in the commit order (chat_server/pipelining.py).
+OVERLAPPING_FRAMES = frozenset({"message"})
 # 1009 (MESSAGE_TOO_BIG) is sent by aiohttp itself for a frame over hard_max_frame_bytes.
 
 
@@ -76,6 +81,7 @@ class WsConnection:
         self.ws = ws
         self.state = state
         self.entered: set[str] = set()  # rooms this connection is indexed under (WsHub)
+        self.pipeline = EventPipeline()  # the order of its frames' handling (pipelining.py)
         self._queue: deque[bytes] = deque()
         self._limit = queue_limit
         self._close_timeout = close_timeout_s
@@ -365,6 +371,7 @@ class WsHandler:
             if msg.type == WSMsgType.TEXT:
                 await self._text(conn, msg.data, opts.max_frame_bytes)
             elif msg.type == WSMsgType.BINARY:
+                await conn.pipeline.settle()  # answered after the frames before it
                 self._reject(conn, ValidationFailed("Binary frames are not supported; send JSON text frames",
                                                     details={"_frame": ["Expected a text frame."]}))
             else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp has closed or is closing the socket)
@@ -380,6 +387,7 @@ class WsHandler:
         await self.departures.run(conn.state.conn_id, lambda: self._cleanup(conn))
 
     async def _cleanup(self, conn: WsConnection) -> None:
+        await conn.pipeline.settle()  # its messages under way end before it leaves its rooms
         try:
             await self._sessions.disconnected(conn.state)
         except Exception:
@@ -397,27 +405,33 @@ class WsHandler:
         conn.send(frames.error_frame(exc.to_dict()))
 
     async def _text(self, conn: WsConnection, data: str, max_bytes: int) -> None:
+        frame = self._parse(data, max_bytes)
+        if isinstance(frame, ChatError):
+            await conn.pipeline.settle()  # answered after the frames before it
+            self._reject(conn, frame)
+            return
+        kind = frame["type"]
+        await conn.pipeline.run(self._run_frame(conn, kind, frame), overlap=kind in OVERLAPPING_FRAMES)
+
+    def _parse(self, data: str, max_bytes: int) -> dict[str, Any] | ChatError:
+        """The frame ``data`` holds (with a known string ``type``), or why it is refused."""
         # Characters ≤ UTF-8 bytes ≤ 4 × characters: encode only when it could matter.
         if len(data) > max_bytes or (len(data) * 4 > max_bytes and len(data.encode("utf-8")) > max_bytes):
-            self._reject(conn, ValidationFailed(f"Frames may be at most {max_bytes} bytes", details={"max_frame_bytes": max_bytes}))
-            return
+            return ValidationFailed(f"Frames may be at most {max_bytes} bytes", details={"max_frame_bytes": max_bytes})
         try:
             frame = orjson.loads(data)
         except orjson.JSONDecodeError:
-            self._reject(conn, ValidationFailed("Frames must be JSON", details={"_frame": ["Not valid JSON."]}))
-            return
+            return ValidationFailed("Frames must be JSON", details={"_frame": ["Not valid JSON."]})
         if not isinstance(frame, dict):
-            self._reject(conn, ValidationFailed("Frames must be JSON objects", details={"_frame": ["Expected an object."]}))
-            return
+            return ValidationFailed("Frames must be JSON objects", details={"_frame": ["Expected an object."]})
         kind = frame.get("type")
         if not isinstance(kind, str) or kind not in self._handlers:
             shown = kind if isinstance(kind, str) and len(kind) <= 64 else None
-            self._reject(conn, ValidationFailed(
+            return ValidationFailed(
                 f"Unknown frame type {shown!r}" if shown is not None else "Frames need a string \"type\"",
                 details={"type": [f"Must be one of: {', '.join(self._handlers)}."]},
-            ))
-            return
-        await self._run_frame(conn, kind, frame)
+            )
+        return frame
 
     async def _run_frame(self, conn: WsConnection, kind: str, frame: dict[str, Any]) -> None:
         handler = self._handlers[kind]

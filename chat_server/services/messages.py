@@ -13,7 +13,7 @@ from typing import Protocol
 from ..domain import HistoryPage, Message, NewMessage, Principal, Room, WireMessage, build
 from ..errors import MessageRejected, NotFound, ValidationFailed
 from . import content as content_pipeline
-from .policy import MessageGuard, UniqueClaim
+from .policy import Checked, MessageGuard
 from .rooms import RoomService
 
 log = logging.getLogger(__name__)
@@ -196,23 +196,23 @@ class MessageService:
         # Banned users are refused before anything else; a shadow-banned user's message is
         # stored marked, shown only to them (broadcaster) and hidden from others' history.
         shadow = await self._bans.check_post(user, room.id) if self._bans is not None else False
-        claim = None
+        checked = None
         if self._guard is not None:  # limits, room modes, spam, profanity (may censor)
             checked = await self._guard.check(user, room, text, encrypted=encrypted, client_msg_id=client_msg_id, address=address)
-            text, claim = checked.text, checked.claim
+            text = checked.text
         try:
             message, created = await self._store_new(user, room, text, type, encrypted, shadow, client_msg_id, reply_to)
         except BaseException:
-            await self._release(claim)  # not stored: the text stays free
+            await self._not_stored(checked)  # the text stays free
             raise
         if not created:
-            await self._release(claim)  # a resend of a stored message
+            await self._not_stored(checked)  # a resend of a stored message
         if created:
             # Taken before anything else awaits (the insert's return did not): see BroadcastOrder.
             turn = self._order.take(message.room_id)
             try:
-                if self._guard is not None:
-                    await self._guard.accepted(user, room, message)
+                if self._guard is not None and checked is not None:
+                    await self._guard.accepted(user, room, message, checked)
                 await turn.wait()
                 # After commit, through the one door.  A failed broadcast must not turn a
                 # stored message into an error: clients catch up by seq.
@@ -227,10 +227,10 @@ class MessageService:
                 turn.release()
         return message
 
-    async def _release(self, claim: UniqueClaim | None) -> None:
-        """Give back the unique-chat claim of a message that was not stored by this call."""
-        if claim is not None and self._guard is not None:
-            await self._guard.release(claim)
+    async def _not_stored(self, checked: Checked | None) -> None:
+        """Give back what the guard's check held for a message not stored by this call."""
+        if checked is not None and self._guard is not None:
+            await self._guard.not_stored(checked)
 
     async def _store_new(self, user: Principal, room: Room, text: str, type: str, encrypted: bool, shadow: bool,
                          client_msg_id: str | None, reply_to: str | None) -> tuple[Message, bool]:

@@ -203,12 +203,22 @@ class UniqueClaim:
 
 
 @dataclass(frozen=True)
+class Unsaved:
+    """A checked text the repeat rule counts before it is stored and remembered (see
+    ``MessageGuard``): the user, and the text as ``spam.normalise`` makes it."""
+
+    user_id: str
+    normalised: str
+
+
+@dataclass(frozen=True)
 class Checked:
-    """What the guard let through: the text to store (possibly censored) and, in a
-    ``unique_chat`` room, the claim on it."""
+    """What the guard let through: the text to store (possibly censored), in a
+    ``unique_chat`` room the claim on it, and its hold on the repeat rule until stored."""
 
     text: str
     claim: UniqueClaim | None = None
+    unsaved: Unsaved | None = None
 
 
 class MessageGuard:
@@ -232,6 +242,12 @@ class MessageGuard:
         self._policy = policy or GuardPolicy()
         self._profanity = profanity
         self._replayed = replayed
+        # Per user, the normalised texts of messages that passed the repeat rule and are
+        # not stored (and remembered) yet: the rule counts them too.  A connection's next
+        # message is checked while this one's commit is under way (chat_server/pipelining.py);
+        # without these, a client that does not wait for acks would get every copy of a
+        # text past the rule.  This node's only: the shared store has them once stored.
+        self._unsaved: dict[str, list[str]] = {}
 
     @property
     def policy(self) -> GuardPolicy:
@@ -259,6 +275,26 @@ class MessageGuard:
                 if await self._replayed(room.id, user.user_id, client_msg_id) is not None:
                     return Checked(text)  # a retry of a stored message: the store returns the original
             raise
+
+    async def not_stored(self, checked: Checked) -> None:
+        """A checked message was not stored by this call (refused later, failed, or a resend
+        of a stored one): give back its unique-chat claim and its hold on the repeat rule
+        (never raises)."""
+        self._forget_unsaved(checked.unsaved)
+        if checked.claim is not None:
+            await self.release(checked.claim)
+
+    def _forget_unsaved(self, unsaved: Unsaved | None) -> None:
+        if unsaved is None:
+            return
+        texts = self._unsaved.get(unsaved.user_id)
+        if texts is not None:
+            try:
+                texts.remove(unsaved.normalised)
+            except ValueError:
+                pass
+            if not texts:
+                del self._unsaved[unsaved.user_id]
 
     async def release(self, claim: UniqueClaim) -> None:
         """Take back a unique-chat claim whose message was not stored (never raises)."""
@@ -325,7 +361,8 @@ class MessageGuard:
                 if repeats:
                     try:
                         recent = await own_recent if own_recent is not None else None  # None: read by check_repeats
-                        await self._spam.check_repeats(user.user_id, text, recent=recent)
+                        await self._spam.check_repeats(user.user_id, text, recent=recent,
+                                                       unsaved=self._unsaved.get(user.user_id, ()))
                     except MessageRejected:
                         if not await exempt():
                             raise
@@ -359,7 +396,11 @@ class MessageGuard:
                 if claim is not None:
                     await self.release(claim)
                 raise
-        return Checked(text, claim)
+        unsaved = None
+        if repeats:  # nothing awaits from here to the caller's insert
+            unsaved = Unsaved(user.user_id, normalise(text))
+            self._unsaved.setdefault(user.user_id, []).append(unsaved.normalised)
+        return Checked(text, claim, unsaved)
 
     def _filter_profanity(self, text: str, modes: RoomModes) -> str:
         flt = self._profanity(modes.blocked_terms, modes.allowed_terms)
@@ -378,9 +419,13 @@ class MessageGuard:
         out.append(text[position:])
         return "".join(out)
 
-    async def accepted(self, user: Principal, room: Room, message: Message) -> None:
-        """Remember a stored message for the duplicate rules (never raises: the message
-        is already committed)."""
+    async def accepted(self, user: Principal, room: Room, message: Message, checked: Checked) -> None:
+        """Remember a stored message for the duplicate rules, in place of its hold from
+        ``check`` (never raises: the message is already committed)."""
+        # Dropped before the store has it, not after: with a shared store the text is
+        # counted neither here nor there for one round trip, rather than twice (which would
+        # refuse a message that is not a repeat).
+        self._forget_unsaved(checked.unsaved)
         if message.type == "encrypted":
             return
         try:

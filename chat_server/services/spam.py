@@ -27,7 +27,7 @@ import re
 import time
 import unicodedata
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Generic, Protocol, TypeVar
@@ -258,9 +258,11 @@ class SpamDetector:
             return None
         return asyncio.ensure_future(self.recent_texts(user_id))
 
-    async def check_repeats(self, user_id: str, text: str, *, recent: list[str] | None = None) -> None:
+    async def check_repeats(self, user_id: str, text: str, *, recent: list[str] | None = None,
+                            unsaved: Sequence[str] = ()) -> None:
         """Refuse a message the user already sent ``max_repeats`` times in the window
-        (``recent``: the result of ``recent_texts``, when already read)."""
+        (``recent``: the result of ``recent_texts``, when already read; ``unsaved``: the
+        normalised texts of the user's messages accepted but not remembered yet)."""
         rules = self._rules
         current = normalise(text)
         if recent is None:
@@ -268,6 +270,8 @@ class SpamDetector:
                 recent = self._recent.recent_now(self._key(user_id), rules.duplicate_window_ms)
             else:
                 recent = await self.recent_texts(user_id)
+        if unsaved:
+            recent = [*recent, *unsaved]
         if count_similar(current, recent, rules.similarity) >= rules.max_repeats:
             raise MessageRejected("duplicate", "You already sent this message",
                                   details={"rule": "repeated_message", "window_ms": rules.duplicate_window_ms})

@@ -102,6 +102,12 @@ class GroupCommit(Generic[T, R]):
         return len(self._pending)
 
     async def submit(self, item: T) -> R:
+        return await self.enqueue(item)
+
+    def enqueue(self, item: T) -> asyncio.Future[R]:
+        """``submit`` in two steps: ``item`` takes its place in the batch order now, and the
+        returned future is its result.  Items enqueued later are written in a later batch
+        or later in the same one."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
@@ -110,7 +116,7 @@ class GroupCommit(Generic[T, R]):
         # A caller that gives up (cancelled) cancels its future but does not take its item
         # out of the batch (the write may already be on its way): the runner skips
         # futures that are done.
-        return await future
+        return future
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._in_flight += 1

@@ -11,6 +11,7 @@ import orjson
 
 from ..domain import HistoryPage, Message, NewMessage, WireMessage, build
 from ..errors import Unavailable
+from ..pipelining import next_event_may_start
 from . import history
 from .db import Database, Json, TransactionRollbackError, UniqueViolation
 from .group_commit import BatchStats, GroupCommit, one_by_one
@@ -231,7 +232,11 @@ class MessageStore:
         room: the original message is returned and nothing new is stored.
         """
         if self._writer is not None:
-            return await self._writer.submit(new)
+            placed = self._writer.enqueue(new)
+            # Its place in the commit order is fixed: the sender's next message may go
+            # through its checks meanwhile (chat_server/pipelining.py).
+            next_event_may_start()
+            return await placed
         return await self.insert_one(new)
 
     async def insert_many(self, batch: Sequence[NewMessage]) -> list[InsertResult | BaseException]:

@@ -5,6 +5,7 @@ sharing Redis.  Every frame a /ws client receives is checked against its Out sch
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -588,3 +589,26 @@ def test_translation_of_other_events_is_camel_case():
     assert ws_frames.translate("presence", {"user_id": "u", "status": "offline"}, "r") is None  # twin of user_left
     assert ws_frames.translate("presence", {"user_id": "u", "status": "offline"}, None) == {"type": "presence", "userId": "u", "status": "offline"}
     assert ws_frames.translate("anything", ["not", "a", "dict"], "r") is None
+
+
+# A message frame lets the next frame's handling start once it has its place (chat_server/pipelining.py).
+
+
+async def test_a_ws_burst_is_announced_in_order_and_a_bad_frame_after_it_is_answered_after_it(node, ws_open: WsFactory):
+    room = unique()
+    alice = await ws_open(node, "alice", roomId=room)
+    bob = await ws_open(node, "bob", roomId=room)
+    for member in (alice, bob):
+        await member.wait_for("room_joined")
+    sent = [f"note {i}: {secrets.token_hex(8)}" for i in range(20)]  # far apart for the repeat rule
+    for text in sent:
+        await alice.send({"type": "message", "roomId": room, "content": text})
+    await alice.send("not json")
+    error = await alice.wait_for("error")
+    echoes = alice.of("message")
+    assert [m["content"] for m in echoes] == sent  # all before the error
+    assert alice.frames.index(error) > alice.frames.index(echoes[-1])
+    await bob.wait_for("message", lambda m: m["content"] == sent[-1])
+    seen = bob.of("message")
+    assert [m["content"] for m in seen] == sent
+    assert [m["seq"] for m in seen] == sorted(m["seq"] for m in seen)

@@ -62,11 +62,11 @@ class World:
     async def send(self, user: Principal, text: str, the_room: Room | None = None, **kwargs: Any) -> str:
         """check, then remember as stored (what MessageService.send does)."""
         target = the_room or room()
-        result = (await self.guard.check(user, target, text, **kwargs)).text
-        message = Message("m", target.id, 1, user.user_id, user.username, None, result, None,
+        checked = await self.guard.check(user, target, text, **kwargs)
+        message = Message("m", target.id, 1, user.user_id, user.username, None, checked.text, None,
                           "encrypted" if kwargs.get("encrypted") else "text", NOW)
-        await self.guard.accepted(user, target, message)
-        return result
+        await self.guard.accepted(user, target, message, checked)
+        return checked.text
 
 
 async def refused(coro: Any) -> errors.ChatError:
@@ -274,6 +274,26 @@ async def test_spam_rules_apply_to_users_not_moderators() -> None:
     assert isinstance(error, errors.MessageRejected) and error.reason == "duplicate"
     for _ in range(3):
         await w.send(MOD, "a.com b.com")
+
+
+async def test_messages_checked_but_not_stored_yet_count_as_repeats_until_given_back() -> None:
+    """A client that does not wait for acks has its next message checked while the last one
+    is still being stored: those count for the repeat rule as if already remembered."""
+    w = World(policy=GuardPolicy(rate_max_per_user=100), rules=SpamRules(max_repeats=2))
+    first = await w.guard.check(ALICE, room(), "buy my stuff")
+    second = await w.guard.check(ALICE, room(), "Buy my stuff!")  # neither stored yet
+    error = await refused(w.guard.check(ALICE, room(), "buy my stuff"))
+    assert isinstance(error, errors.MessageRejected) and error.details["rule"] == "repeated_message"
+    assert (await w.guard.check(BOB, room(), "buy my stuff")).text == "buy my stuff"  # per user
+    await w.guard.not_stored(second)  # e.g. its insert failed: the text is free again
+    third = await w.guard.check(ALICE, room(), "buy my stuff")
+    message = Message("m", "r1", 1, "alice", "Alice", None, "buy my stuff", None, "text", NOW)
+    await w.guard.accepted(ALICE, room(), message, first)  # stored: remembered in place of its hold
+    await w.guard.accepted(ALICE, room(), message, third)
+    error = await refused(w.guard.check(ALICE, room(), "buy my stuff"))
+    assert isinstance(error, errors.MessageRejected) and error.details["rule"] == "repeated_message"
+    w.clock.advance(61)  # past the window: nothing held, nothing remembered
+    assert (await w.guard.check(ALICE, room(), "buy my stuff")).unsaved is not None
 
 
 async def test_encrypted_messages_skip_content_rules_but_not_limits() -> None:
